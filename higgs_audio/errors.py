@@ -1,0 +1,13 @@
+"""Exceptions raised where bad input enters; each message names the problem and the fix."""
+
+
+class HiggsAudioError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class CheckpointError(HiggsAudioError):
+    """A model or codec checkpoint is missing, malformed or uses an option we do not implement."""
+
+
+class AudioInputError(HiggsAudioError):
+    """Audio given by the user cannot be read or used."""
