@@ -1,0 +1,38 @@
+"""The checkpoint's text tokenizer (Hugging Face ``tokenizer.json``), read with the `tokenizers` library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from higgs_audio.errors import CheckpointError
+
+
+class TextTokenizer:
+    """Text <-> token ids. Special tokens written in the text (e.g. ``<|eot_id|>``) become their single ids."""
+
+    def __init__(self, directory: Path):
+        from tokenizers import Tokenizer
+
+        path = Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing: the model checkpoint must ship its text tokenizer")
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception on malformed files
+            raise CheckpointError(f"{path} is not a valid tokenizer file: {e}") from None
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, token: str) -> int:
+        """The id of a single (special) token, by its string."""
+        idx = self._tok.token_to_id(token)
+        if idx is None:
+            raise CheckpointError(f"the text tokenizer has no token {token!r}; is this a Higgs Audio checkpoint?")
+        return idx
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)

@@ -1,0 +1,1 @@
+"""Test helpers: tiny random checkpoints in the official on-disk formats."""
