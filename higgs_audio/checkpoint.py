@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from higgs_audio.errors import CheckpointError
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
@@ -52,3 +54,150 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
+
+
+# --- generation model weights -------------------------------------------------------------------
+
+INDEX_FILE = "model.safetensors.index.json"
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
+# Training wrappers store some matrices as a frozen and a trainable part, concatenated along rows (frozen first).
+_SPLIT_PARTS = (("embedding_frozen", "embedding_trainable"), ("linear_frozen", "linear_trainable"))
+
+
+def _rename(key: str, source_format: str) -> str:
+    """Map a checkpoint key to our module's parameter name."""
+    if source_format == "higgs_audio":
+        if key.startswith("audio_decoder_proj.text_lm_head."):
+            return "text_head." + key.removeprefix("audio_decoder_proj.text_lm_head.")
+        if key.startswith("audio_decoder_proj.audio_lm_head."):
+            return "audio_head." + key.removeprefix("audio_decoder_proj.audio_lm_head.")
+        return key
+    if key.startswith("model.embed_audio_tokens.embed_audio_tokens."):
+        return "audio_codebook_embeddings." + key.removeprefix("model.embed_audio_tokens.embed_audio_tokens.")
+    if key.startswith("model."):
+        return key.removeprefix("model.")
+    return {"audio_lm_head.weight": "audio_head.weight", "text_lm_head.weight": "text_head.weight"}.get(key, key)
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """The weight files of a checkpoint: those named by the shard index, else every ``*.safetensors``."""
+    index = directory / INDEX_FILE
+    if index.exists():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no 'weight_map'")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{index} names shard {f.name}, which is missing from {directory}")
+        return files
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in directory.glob("*.bin"))
+        hint = f" (found {pickles}: pickle weights are not loaded, convert them to safetensors)" if pickles else ""
+        raise CheckpointError(f"{directory} holds no *.safetensors weight files{hint}")
+    return files
+
+
+def _open(path: Path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # SafetensorError and OSError both mean the file is unusable
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+
+
+class TensorSource:
+    """Lazy access to a checkpoint's tensors under our names, merging split frozen/trainable parts."""
+
+    def __init__(self, files: list[Path], source_format: str):
+        self._handles = {f: _open(f) for f in files}
+        self.parts: dict[str, list[tuple[Path, str]]] = {}
+        split: dict[str, dict[str, tuple[Path, str]]] = {}
+        for f, h in self._handles.items():
+            for key in h.keys():
+                if key.endswith(_IGNORED_SUFFIXES):
+                    continue
+                for frozen, trainable in _SPLIT_PARTS:
+                    for part in (frozen, trainable):
+                        if f".{part}." in key:
+                            whole = key.replace(f".{part}.", ".")
+                            split.setdefault(whole, {})[part] = (f, key)
+                            break
+                    else:
+                        continue
+                    break
+                else:
+                    self._add(_rename(key, source_format), [(f, key)])
+        for whole, found in split.items():
+            order = next(p for p in _SPLIT_PARTS if p[0] in found or p[1] in found)
+            missing = [p for p in order if p not in found]
+            if missing:
+                f, key = next(iter(found.values()))
+                raise CheckpointError(f"{f}: key {key!r} has no matching {missing[0]!r} part to merge with")
+            self._add(_rename(whole, source_format), [found[p] for p in order])
+
+    def _add(self, name: str, parts: list[tuple[Path, str]]) -> None:
+        if name in self.parts:
+            raise CheckpointError(f"{parts[0][0]}: key {parts[0][1]!r} duplicates a tensor already read as {name!r}")
+        self.parts[name] = parts
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        shapes = [tuple(self._handles[f].get_slice(k).get_shape()) for f, k in self.parts[name]]
+        return (sum(s[0] for s in shapes), *shapes[0][1:]) if len(shapes) > 1 else shapes[0]
+
+    def origin(self, name: str) -> str:
+        return " + ".join(f"{f}:{k!r}" for f, k in self.parts[name])
+
+    def get(self, name: str) -> torch.Tensor:
+        try:
+            tensors = [self._handles[f].get_tensor(k) for f, k in self.parts[name]]
+        except Exception as e:
+            raise CheckpointError(f"cannot read {self.origin(name)} (corrupt or truncated file?): {e}") from None
+        return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+
+
+def check_tensors(source: TensorSource, expected: dict[str, tuple[int, ...]], where: Path) -> None:
+    """Strict key and shape check; every message names the file, the key and expected vs found."""
+    missing = sorted(set(expected) - set(source.parts))
+    if missing:
+        raise CheckpointError(
+            f"{where}: missing key {missing[0]!r} (expected shape {list(expected[missing[0]])})"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    unexpected = sorted(set(source.parts) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"unexpected key {source.origin(unexpected[0])}: the model built from {where}/config.json has no such "
+            "parameter" + (f" ({len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+        )
+    for name, shape in expected.items():
+        found = source.shape(name)
+        if found != tuple(shape):
+            raise CheckpointError(
+                f"shape mismatch for {source.origin(name)}: expected {list(shape)}, found {list(found)}"
+            )
+
+
+def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto"):
+    """Load the generation model strictly. Returns (model, config, directory)."""
+    from higgs_audio.config import ModelConfig
+    from higgs_audio.device import pick_device, pick_dtype
+    from higgs_audio.model.higgs import HiggsAudioModel
+
+    directory = resolve(name_or_path)
+    config_path = directory / "config.json"
+    cfg = ModelConfig.from_dict(read_json(config_path), config_path)
+    source = TensorSource(safetensors_files(directory), cfg.source_format)
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    # The native converter drops the text head unless asked to keep it; without it we can still speak.
+    with torch.device("meta"):
+        model = HiggsAudioModel(cfg, text_head="text_head.weight" in source.parts)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_tensors(source, expected, directory)
+    state = {name: source.get(name).to(device=device, dtype=dtype) for name in expected}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.reset_buffers(device)
+    return model.eval().requires_grad_(False), cfg, directory

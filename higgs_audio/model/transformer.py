@@ -1,0 +1,182 @@
+"""Llama-style building blocks with the DualFFN audio adapter: RMSNorm, llama3 RoPE, GQA attention, MLP, layers.
+
+Audio positions are selected by ``audio``: ``False`` (every position is text), ``True`` (every position is
+audio) or a bool tensor (B, L) for mixed inputs. The uniform cases keep shapes static for compiled decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from higgs_audio.config import ModelConfig
+
+AudioSelect = bool | torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32, cast back, then scale: the reference's order (spec §2.2).
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies with llama3 long-context scaling when configured (spec §2.7)."""
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv.float()
+    factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    orig = float(s["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > orig / low, inv / factor, inv)
+    smooth = (orig / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= orig / high) & (wavelen <= orig / low)
+    return torch.where(medium, blended, scaled).float()
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos/sin (B, 1, L, head_dim) for positions (B, L), computed in fp32 then cast (as the reference)."""
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values for every layer, plus which cached positions hold audio.
+
+    k, v: (layers, B, kv_heads, max_len, head_dim); audio: (B, max_len). Streams in a batch have their own
+    positions, so a slot is visible to a query exactly when its index is <= the query's position.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    audio: torch.Tensor
+
+    @staticmethod
+    def allocate(cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device) -> KVCache:
+        shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        return KVCache(
+            k=torch.zeros(shape, dtype=dtype, device=device),
+            v=torch.zeros(shape, dtype=dtype, device=device),
+            audio=torch.zeros(batch, max_len, dtype=torch.bool, device=device),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        idx = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        self.k[layer].scatter_(2, idx, k)
+        self.v[layer].scatter_(2, idx, v)
+
+    def mark_audio(self, positions: torch.Tensor, audio: AudioSelect) -> None:
+        flags = torch.as_tensor(audio, device=positions.device).expand(positions.shape)
+        self.audio.scatter_(1, positions, flags)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, positions, cache: KVCache, layer: int, mask: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        cache.write(layer, positions, k, v)
+        kv_len = mask.shape[-1]
+        keys, values = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+def _by_position(x: torch.Tensor, audio: AudioSelect, text_fn, audio_fn) -> torch.Tensor:
+    """Apply ``text_fn`` to text positions and ``audio_fn`` to audio positions."""
+    if audio is False:
+        return text_fn(x)
+    if audio is True:
+        return audio_fn(x)
+    out = torch.empty_like(x)
+    out[~audio] = text_fn(x[~audio])
+    out[audio] = audio_fn(x[audio])
+    return out
+
+
+class DecoderLayer(nn.Module):
+    """One transformer layer. ``dual``: audio positions take their own norms and MLP. ``fast_forward``: audio
+    positions pass through unchanged and text queries do not see audio keys (spec §2.2)."""
+
+    def __init__(self, cfg: ModelConfig, dual: bool, fast_forward: bool):
+        super().__init__()
+        self.dual, self.fast_forward = dual, fast_forward
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if dual:
+            self.audio_mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+            self.audio_input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.audio_post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache, layer: int, mask) -> torch.Tensor:
+        if self.fast_forward:
+            if audio is True:
+                return x
+            mask = mask & ~cache.audio[:, None, None, : mask.shape[-1]]
+            out = self._text_layer(x, cos, sin, positions, cache, layer, mask)
+            return out if audio is False else torch.where(audio[..., None], x, out)
+        if not self.dual:
+            return self._text_layer(x, cos, sin, positions, cache, layer, mask)
+        h = _by_position(x, audio, self.input_layernorm, self.audio_input_layernorm)
+        x = x + self.self_attn(h, cos, sin, positions, cache, layer, mask)
+        return x + _by_position(
+            x,
+            audio,
+            lambda z: self.mlp(self.post_attention_layernorm(z)),
+            lambda z: self.audio_mlp(self.audio_post_attention_layernorm(z)),
+        )
+
+    def _text_layer(self, x, cos, sin, positions, cache, layer, mask) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
