@@ -1,0 +1,57 @@
+"""The codebook delay pattern (spec §4): codebook k runs k steps behind codebook 0.
+
+All functions take codes shaped (K, T) or batched (B, K, T); the last two dims are (codebook, time).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def add_delay_pattern(codes: torch.Tensor, bos: int, eos: int) -> torch.Tensor:
+    """(K, T) codes -> (K, T + K + 1) delayed block, as the model sees prompt audio (spec §4.1).
+
+    The stream is first framed as ``[bos | codes | eos]``; then row k is shifted right by k, the gap
+    before it filled with ``bos`` and the gap after it with ``eos``.
+    """
+    k, t = codes.shape[-2:]
+    lead = codes.shape[:-1]
+    marked = torch.cat([codes.new_full((*lead, 1), bos), codes, codes.new_full((*lead, 1), eos)], dim=-1)
+    # Column j of row r shows marked[j - r]; clamping repeats the bos before and the eos after.
+    width = t + k + 1
+    src = torch.arange(width, device=codes.device) - torch.arange(k, device=codes.device)[:, None]
+    return marked.gather(-1, src.clamp(0, t + 1).expand(*lead, width))
+
+
+def revert_delay_pattern(delayed: torch.Tensor) -> torch.Tensor:
+    """(K, N) delayed -> (K, N - K + 1) aligned frames: row k keeps columns k .. N - K + k (spec §4.3)."""
+    k, n = delayed.shape[-2:]
+    frames = max(n - k + 1, 0)
+    idx = torch.arange(frames, device=delayed.device) + torch.arange(k, device=delayed.device)[:, None]
+    return delayed.gather(-1, idx.expand(*delayed.shape[:-1], frames))
+
+
+def delayed_to_codes(delayed: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """A generated (K, N) delayed segment -> (K, N - K - 1) codes ready for the codec decoder.
+
+    As the reference: revert, drop the first (stream-bos) and last (stream-eos) frame, clip to
+    ``codebook_size - 1`` (bos/eos sampled inside the audio become the last code). The trim is
+    positional, like the reference's. A segment too short to hold any frame (N <= K + 1, e.g. cut by
+    ``max_new_tokens``) gives (K, 0) instead of failing downstream (spec §10.9).
+    """
+    frames = revert_delay_pattern(delayed)[..., 1:-1]
+    return frames.clamp(0, codebook_size - 1)
+
+
+def delay_state_from_column(column: torch.Tensor, bos: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num_delay, remaining) to resume a segment whose last delayed column is ``column`` (B, K).
+
+    For a prompt that already ends inside an audio segment (spec §5.4, continuation): ``num_delay`` is
+    K - (#bos in the column); ``remaining`` is K - j - 1 for the lowest row j holding eos, else -1.
+    """
+    k = column.shape[-1]
+    num_delay = k - (column == bos).sum(-1)
+    is_eos = column == eos
+    first_eos = is_eos.int().argmax(-1)  # argmax returns the first maximum: the lowest eos row
+    remaining = torch.where(is_eos.any(-1), k - first_eos - 1, torch.full_like(first_eos, -1))
+    return num_delay.long(), remaining.long()
