@@ -1,0 +1,379 @@
+"""The generation engine: prefill, then batched cached decode with the reference's modes and stop rules.
+
+One ``BatchDecoder`` owns the KV cache and every piece of mutable generation state. Streams (requests)
+join with ``add`` (their prompt is prefilled into a free cache row) and all active streams advance
+together in ``step``: per-stream positions, delay-pattern counters and sampling settings are tensors, so
+the hot path has no Python loop over streams apart from light bookkeeping of emitted tokens.
+
+Modes per stream (spec §5.1): TEXT (the input is a text token: sample the text head), AUDIO_INIT (the
+input is ``<|audio_out_bos|>``: its logits are ignored and the all-bos column is emitted) and
+AUDIO_IN_PROGRESS (the input is the previous audio column: sample the audio head, then RAS and the
+delay-pattern constraints). A prompt that ends with ``<|audio_out_bos|>`` gets its all-bos column
+appended before prefill, which saves the AUDIO_INIT forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from higgs_audio import sampling
+from higgs_audio.config import ModelConfig
+from higgs_audio.delay import add_delay_pattern
+from higgs_audio.model.higgs import HiggsAudioModel, merge_placeholders
+from higgs_audio.model.transformer import KVCache
+from higgs_audio.text_tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+FRAME_RATE = 25  # audio frames per second of the Higgs audio tokenizer (hop 960 at 24 kHz)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request generation settings. ``temperature`` 0 means greedy."""
+
+    temperature: float = 0.7
+    top_k: int | None = 50
+    top_p: float = 0.95
+    ras_window: int = 7  # repetition-aware sampling window in columns; 0 disables RAS
+    ras_max_repeat: int = 2
+    seed: int | None = None
+    max_new_tokens: int = 2048  # every step counts: text tokens, the audio start and each audio column
+    max_audio_seconds: float | None = None  # runaway guard per audio segment; None: no guard
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (self.top_k is None or self.top_k >= 0, "top_k must be >= 0 (0 or None = off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.ras_window >= 0, "ras_window must be >= 0 (0 = off)"),
+            (self.ras_max_repeat >= 1, "ras_max_repeat must be >= 1"),
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.max_audio_seconds is None or self.max_audio_seconds > 0, "max_audio_seconds must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class Request:
+    """A prompt (token ids with single audio placeholders) and its audio blocks, in placeholder order."""
+
+    ids: list[int]
+    audio: list[torch.Tensor]  # raw (K, T) codes; the delay pattern is added here
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class Event:
+    """What one step produced for one stream."""
+
+    slot: int
+    kind: str  # "text" | "audio" | "segment_end" | "done"
+    token: int | None = None  # kind == "text"
+    column: torch.Tensor | None = None  # kind == "audio": the raw delayed column (K,)
+    reason: str | None = None  # kind == "done": "stop" | "length" | "max_audio" | "no_text_head"
+
+
+@dataclass
+class SpecialTokens:
+    audio_in: int
+    audio_out: int
+    audio_out_bos: int
+    audio_eos: int
+    stops: frozenset[int]
+
+    @staticmethod
+    def from_tokenizer(tok: TextTokenizer, cfg: ModelConfig) -> SpecialTokens:
+        found = SpecialTokens(
+            audio_in=tok.token_id("<|AUDIO|>"),
+            audio_out=tok.token_id("<|AUDIO_OUT|>"),
+            audio_out_bos=tok.token_id("<|audio_out_bos|>"),
+            audio_eos=tok.token_id("<|audio_eos|>"),
+            stops=frozenset({tok.token_id("<|eot_id|>"), tok.token_id("<|end_of_text|>")}),
+        )
+        declared = {
+            "audio_in_token_idx": found.audio_in,
+            "audio_out_token_idx": found.audio_out,
+            "audio_out_bos_token_id": found.audio_out_bos,
+            "audio_eos_token_id": found.audio_eos,
+        }
+        for key, value in declared.items():
+            if key in cfg.token_ids and cfg.token_ids[key] != value:
+                raise ValueError(
+                    f"config.json says {key}={cfg.token_ids[key]} but the tokenizer maps it to {value}: "
+                    "the tokenizer files do not belong to this model"
+                )
+        return found
+
+
+@dataclass
+class _Stream:
+    """Python-side record of one active request."""
+
+    request: Request
+    text_ids: list[int] = field(default_factory=list)
+    columns: list[torch.Tensor] = field(default_factory=list)  # current audio segment, delayed columns
+    new_tokens: int = 0
+    guard_columns: int | None = None
+
+
+class BatchDecoder:
+    """Prefill and batched decode of up to ``max_batch`` streams of at most ``max_len`` positions each."""
+
+    HISTORY = 64  # longest RAS window supported
+
+    def __init__(
+        self,
+        model: HiggsAudioModel,
+        tokenizer: TextTokenizer,
+        max_batch: int = 1,
+        max_len: int = 4096,
+    ):
+        self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
+        self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.max_batch, self.max_len = max_batch, max_len
+        k, dev = self.cfg.num_codebooks, self.device
+        self.bos, self.eos = self.cfg.audio_stream_bos_id, self.cfg.audio_stream_eos_id
+        self.cache = KVCache.allocate(self.cfg, max_batch, max_len, self.dtype, dev)
+        zeros = lambda dtype=torch.long: torch.zeros(max_batch, dtype=dtype, device=dev)  # noqa: E731
+        self.pos, self.next_id, self.counter, self.seed = zeros(), zeros(), zeros(), zeros()
+        self.next_codes = torch.zeros(max_batch, k, dtype=torch.long, device=dev)
+        self.next_audio, self.init, self.active = zeros(torch.bool), zeros(torch.bool), zeros(torch.bool)
+        self.num_delay, self.remaining = zeros(), zeros() - 1
+        self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float32) + 1
+        self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
+        self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
+        self.streams: dict[int, _Stream] = {}
+
+    # -- joining --------------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        return self.max_batch - len(self.streams)
+
+    def add(self, request: Request) -> int:
+        """Prefill ``request`` into a free slot and return the slot; it decodes from the next ``step``."""
+        if not self.free_slots():
+            raise RuntimeError("no free slot: wait for a stream to finish")
+        p, t, k = request.params, self.tokens, self.cfg.num_codebooks
+        if p.ras_window > self.HISTORY:
+            raise ValueError(f"ras_window {p.ras_window} is larger than the supported {self.HISTORY}")
+        ids, blocks = list(request.ids), []
+        for codes in request.audio:
+            if codes.dim() != 2 or codes.shape[0] < k:
+                raise ValueError(f"audio codes must have shape ({k}, T), got {tuple(codes.shape)}")
+            blocks.append(add_delay_pattern(codes[:k].long().cpu(), self.bos, self.eos))
+        forced_audio = bool(ids) and ids[-1] == t.audio_out_bos
+        bos_column = torch.full((k, 1), self.bos, dtype=torch.long)
+        if forced_audio:
+            ids.append(t.audio_out)
+            blocks.append(bos_column)
+        elif self.model.text_head is None:
+            raise ValueError("this checkpoint has no text head: the prompt must end with <|audio_out_bos|>")
+        merged = merge_placeholders(ids, blocks, t.audio_in, t.audio_out, k)
+        n = len(merged.ids)
+        if n + 1 > self.max_len:
+            raise ValueError(f"the prompt needs {n} positions but the cache holds {self.max_len}")
+        slot = next(i for i in range(self.max_batch) if i not in self.streams)
+        row = self._row(slot)
+        dev = self.device
+        # Prefill all but the last position; the last one is this stream's first decode input.
+        if n > 1:
+            audio = merged.audio[None, : n - 1].to(dev)
+            x = self.model.embed(merged.ids[None, : n - 1].to(dev), merged.codes[None, : n - 1].to(dev), audio)
+            self.model(x, audio, torch.arange(n - 1, device=dev)[None], row, kv_len=n - 1)
+        stream = _Stream(request)
+        if p.max_audio_seconds is not None:
+            stream.guard_columns = int(p.max_audio_seconds * FRAME_RATE) + k + 1
+        self.pos[slot] = n - 1
+        self.next_id[slot] = merged.ids[-1]
+        self.next_codes[slot] = merged.codes[-1].to(dev)
+        self.next_audio[slot] = bool(merged.audio[-1])
+        self.init[slot] = False
+        self.num_delay[slot], self.remaining[slot] = 0, -1
+        if forced_audio:
+            stream.columns.append(bos_column[:, 0].to(dev))
+            stream.new_tokens = 1  # the audio start counts as a step, as in the reference
+        # RAS looks back over every audio-out column, prompt blocks included (spec §5.3).
+        out_cols = merged.codes[merged.audio_out].t().to(dev)
+        hist = torch.full((k, self.HISTORY), -1, dtype=torch.long, device=dev)
+        if out_cols.shape[1]:
+            last = out_cols[:, -self.HISTORY :]
+            hist[:, self.HISTORY - last.shape[1] :] = last
+        self.history[slot] = hist
+        seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)))
+        self.seed[slot], self.counter[slot] = seed, 0
+        self.temperature[slot], self.top_k[slot], self.top_p[slot] = p.temperature, p.top_k or 0, p.top_p
+        self.ras_window[slot] = p.ras_window
+        self.ras_repeat[slot] = p.ras_max_repeat if p.ras_window > 0 else 0
+        self.active[slot] = True
+        self.streams[slot] = stream
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Forget a stream (finished or cancelled); its slot is free for the next ``add``."""
+        self.streams.pop(slot, None)
+        self.active[slot] = False
+
+    def _row(self, slot: int) -> KVCache:
+        c = self.cache
+        return KVCache(c.k[:, slot : slot + 1], c.v[:, slot : slot + 1], c.audio[slot : slot + 1])
+
+    # -- one decode step for every active stream ---------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[Event]:
+        if not self.streams:
+            return []
+        hi = max(self.streams) + 1
+        active = self.active[:hi]
+        is_audio = self.next_audio[:hi]
+        live_audio = is_audio[active]
+        audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
+        positions = self.pos[:hi, None]
+        kv_len = int(positions.max()) + 1
+        if kv_len > self.max_len:
+            raise RuntimeError("KV cache exhausted")  # add() and the length check below prevent this
+        cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
+        x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
+        h = self.model(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
+
+        events: list[Event] = []
+        audio_rows = (active & is_audio).nonzero()[:, 0]
+        init_rows = (active & self.init[:hi]).nonzero()[:, 0]
+        text_rows = (active & ~is_audio & ~self.init[:hi]).nonzero()[:, 0]
+        if len(audio_rows):
+            events += self._audio_step(audio_rows, h[audio_rows])
+        if len(init_rows):
+            events += self._start_audio(init_rows)
+        if len(text_rows):
+            events += self._text_step(text_rows, h[text_rows])
+        self.pos[:hi] += active
+        self.counter[:hi] += active
+        for slot in list(self.streams):
+            s = self.streams[slot]
+            s.new_tokens += 1
+            if s.new_tokens >= s.request.params.max_new_tokens or self.pos[slot] + 1 >= self.max_len:
+                if not any(e.slot == slot and e.kind == "done" for e in events):
+                    events.append(Event(slot, "done", reason="length"))
+        for e in events:
+            if e.kind == "done":
+                self.release(e.slot)
+        return events
+
+    def _audio_step(self, rows: torch.Tensor, h: torch.Tensor) -> list[Event]:
+        logits = self.model.audio_logits(h)
+        scores = sampling.warp(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows])
+        seed, counter = self.seed[rows], self.counter[rows]
+        column = sampling.sample(scores, self.temperature[rows] == 0, seed, counter, sampling.SALT_AUDIO)
+        window = torch.arange(self.HISTORY, device=self.device) >= (self.HISTORY - self.ras_window[rows])[:, None]
+        history = self.history[rows].masked_fill(~window[:, None, :], -1)
+        column = sampling.ras(column, logits, history, self.ras_repeat[rows], seed, counter)
+        column, self.num_delay[rows], self.remaining[rows], finished = sampling.apply_delay_constraints(
+            column, self.num_delay[rows], self.remaining[rows], self.bos, self.eos
+        )
+        self.history[rows] = torch.cat([self.history[rows, :, 1:], column[:, :, None]], dim=-1)
+        self.next_codes[rows] = column
+        self.next_audio[rows] = ~finished
+        self.next_id[rows] = torch.where(finished, self.tokens.audio_eos, self.tokens.audio_out)
+        events = []
+        for i, slot in enumerate(rows.tolist()):
+            s = self.streams[slot]
+            s.columns.append(column[i])
+            events.append(Event(slot, "audio", column=column[i]))
+            if finished[i]:
+                s.text_ids.append(self.tokens.audio_eos)
+                s.columns = []
+                events.append(Event(slot, "segment_end"))
+            elif s.guard_columns is not None and len(s.columns) >= s.guard_columns:
+                log.warning(
+                    "stream %d: audio ran past its %.1f s limit without ending; stopping (raise "
+                    "max_audio_seconds if the text really needs longer)",
+                    slot,
+                    s.request.params.max_audio_seconds,
+                )
+                events.append(Event(slot, "done", reason="max_audio"))
+        return events
+
+    def _start_audio(self, rows: torch.Tensor) -> list[Event]:
+        """AUDIO_INIT: the input was ``<|audio_out_bos|>``; emit the all-bos column."""
+        k = self.cfg.num_codebooks
+        column = torch.full((len(rows), k), self.bos, dtype=torch.long, device=self.device)
+        self.init[rows] = False
+        self.next_audio[rows] = True
+        self.next_codes[rows] = column
+        self.next_id[rows] = self.tokens.audio_out
+        self.num_delay[rows], self.remaining[rows] = 0, -1
+        self.history[rows] = torch.cat([self.history[rows, :, 1:], column[:, :, None]], dim=-1)
+        events = []
+        for i, slot in enumerate(rows.tolist()):
+            self.streams[slot].columns = [column[i]]
+            events.append(Event(slot, "audio", column=column[i]))
+        return events
+
+    def _text_step(self, rows: torch.Tensor, h: torch.Tensor) -> list[Event]:
+        if self.model.text_head is None:
+            return [Event(slot, "done", reason="no_text_head") for slot in rows.tolist()]
+        logits = self.model.text_logits(h)[:, None]
+        scores = sampling.warp(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows])
+        greedy = self.temperature[rows] == 0
+        tokens = sampling.sample(scores, greedy, self.seed[rows], self.counter[rows], sampling.SALT_TEXT)[:, 0]
+        self.next_id[rows] = tokens
+        self.init[rows] = tokens == self.tokens.audio_out_bos
+        events = []
+        for slot, token in zip(rows.tolist(), tokens.tolist()):
+            s = self.streams[slot]
+            s.text_ids.append(token)
+            events.append(Event(slot, "text", token=token))
+            if token in self.tokens.stops or self._hit_stop_string(s):
+                events.append(Event(slot, "done", reason="stop"))
+        return events
+
+    def _hit_stop_string(self, s: _Stream) -> bool:
+        stops = s.request.params.stop
+        if not stops:
+            return False
+        longest = max(len(x) for x in stops)
+        tail = self.tokenizer.decode(s.text_ids[-longest:])
+        return any(x in tail for x in stops)
+
+
+@dataclass
+class Timings:
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    first_audio_s: float | None = None  # from the request's start to its first decodable audio frame
+
+
+class FrameAssembler:
+    """Turns a stream's delayed columns into aligned code frames as soon as each frame is complete.
+
+    Frame f of a segment takes row r from column f + r, so the newest column completes frame n - K
+    (n columns so far): the diagonal of the last K columns. Frame 0 is the stream-bos frame and the
+    frame completed by a segment's last column is the stream-eos frame; both are dropped, as the
+    reference's ``[:, 1:-1]`` trim does. bos/eos codes inside kept frames are clipped to the last code.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int):
+        self.k, self.max_code = num_codebooks, codebook_size - 1
+        self.recent: list[torch.Tensor] = []
+        self.count = 0
+
+    def push(self, column: torch.Tensor, segment_end: bool = False) -> torch.Tensor | None:
+        """Add a column; return the newly completed (K,) frame, or None."""
+        self.count += 1
+        self.recent = (self.recent + [column])[-self.k :]
+        if segment_end:
+            self.recent, self.count = [], 0
+            return None
+        if self.count - self.k < 1:
+            return None
+        return torch.stack(self.recent).diagonal().clamp(0, self.max_code)
