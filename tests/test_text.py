@@ -71,7 +71,9 @@ def test_speaker_tags_ignore_other_brackets():
 
 # ---------------------------------------------------------------- chunking
 
-DIALOGUE = "[SPEAKER0] Hello there.\nHow are you?\n[SPEAKER1] Fine.\n<|speaker_id_start|>SPEAKER0<|speaker_id_end|> Good."
+DIALOGUE = (
+    "[SPEAKER0] Hello there.\nHow are you?\n[SPEAKER1] Fine.\n<|speaker_id_start|>SPEAKER0<|speaker_id_end|> Good."
+)
 
 
 def test_no_chunking_returns_the_text():
