@@ -196,6 +196,9 @@ def build_context(
     Speakers named by a tag but given no voice get the feminine/masculine line in the scene block.
     """
     assigned = _assign_voices(voices)
+    for tag in speaker_tags:
+        if not _TAG.fullmatch(tag):
+            raise MessageError(f"speaker tag {tag!r} is not like 'SPEAKER0'")
     tags = _sort_tags(set(speaker_tags) | set(assigned))
     several = len(tags) > 1
     unvoiced = [_default_line(i, tag) for i, tag in enumerate(tags) if tag not in assigned]

@@ -308,6 +308,8 @@ def test_bad_voices():
         build_context(voices={"alice": VoiceProfile("x")})
     with pytest.raises(MessageError, match="must be a VoiceRef or VoiceProfile"):
         build_context(voices=["belinda"])
+    with pytest.raises(MessageError, match="is not like 'SPEAKER0'"):
+        build_context(speaker_tags=["[SPEAKER0]"])
 
 
 def test_build_messages_ends_with_the_user_text_and_context_is_reusable():
