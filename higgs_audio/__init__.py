@@ -1,5 +1,22 @@
 """Higgs Audio V2 inference: expressive speech generation from Python, the command line and HTTP."""
 
+from higgs_audio.api import GenerationResult, HiggsAudio
+from higgs_audio.engine import SamplingParams
 from higgs_audio.errors import AudioInputError, CheckpointError, HiggsAudioError
+from higgs_audio.messages import AudioContent, ChatMLSample, Message, TextContent
+from higgs_audio.prompt import VoiceProfile, VoiceRef
 
-__all__ = ["AudioInputError", "CheckpointError", "HiggsAudioError"]
+__all__ = [
+    "AudioContent",
+    "AudioInputError",
+    "ChatMLSample",
+    "CheckpointError",
+    "GenerationResult",
+    "HiggsAudio",
+    "HiggsAudioError",
+    "Message",
+    "SamplingParams",
+    "TextContent",
+    "VoiceProfile",
+    "VoiceRef",
+]

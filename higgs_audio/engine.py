@@ -153,6 +153,7 @@ class BatchDecoder:
         self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
         self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
         self.streams: dict[int, _Stream] = {}
+        self._pending: list[Event] = []  # events produced by add(), reported by the next step()
 
     # -- joining --------------------------------------------------------------------------------
 
@@ -202,6 +203,7 @@ class BatchDecoder:
         if forced_audio:
             stream.columns.append(bos_column[:, 0].to(dev))
             stream.new_tokens = 1  # the audio start counts as a step, as in the reference
+            self._pending.append(Event(slot, "audio", column=stream.columns[0]))
         # RAS looks back over every audio-out column, prompt blocks included (spec §5.3).
         out_cols = merged.codes[merged.audio_out].t().to(dev)
         hist = torch.full((k, self.HISTORY), -1, dtype=torch.long, device=dev)
@@ -222,6 +224,7 @@ class BatchDecoder:
         """Forget a stream (finished or cancelled); its slot is free for the next ``add``."""
         self.streams.pop(slot, None)
         self.active[slot] = False
+        self._pending = [e for e in self._pending if e.slot != slot]
 
     def _row(self, slot: int) -> KVCache:
         c = self.cache
@@ -246,7 +249,7 @@ class BatchDecoder:
         x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
         h = self.model(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
 
-        events: list[Event] = []
+        events, self._pending = self._pending, []
         audio_rows = (active & is_audio).nonzero()[:, 0]
         init_rows = (active & self.init[:hi]).nonzero()[:, 0]
         text_rows = (active & ~is_audio & ~self.init[:hi]).nonzero()[:, 0]

@@ -1,0 +1,335 @@
+"""The Python API: ``HiggsAudio.from_pretrained(...)`` then ``generate`` / ``stream`` / ``generate_batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL, load_model
+from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request, SamplingParams
+from higgs_audio.errors import AudioInputError
+from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages
+from higgs_audio.prompt import VoiceProfile, VoiceRef, build_messages, build_prompt
+from higgs_audio.text import normalize_transcript
+from higgs_audio.text_tokenizer import TextTokenizer
+
+PROFILE_PREFIX = "profile:"
+
+
+def default_max_audio_seconds(text: str) -> float:
+    """Runaway guard for one audio segment: generous for normal speech (~15 characters/s), 4x slower plus 10 s."""
+    return 10.0 + len(text) / 4.0
+
+
+@dataclass
+class GenerationResult:
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+    codes: torch.Tensor  # (K, T) audio codes of every generated segment, joined
+    text: str  # text the model generated besides audio (special tokens removed)
+    text_ids: list[int]  # the generated text tokens, special ones included
+    finish_reason: str  # stop | length | max_audio | no_text_head
+    usage: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+class HiggsAudio:
+    """Text (and optional reference voices, scene, system prompt) in, speech out."""
+
+    def __init__(self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096):
+        self.model, self.tokenizer, self.codec = model, tokenizer, codec
+        self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len)
+        self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = DEFAULT_MODEL,
+        codec: str | Path = DEFAULT_CODEC,
+        *,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_batch: int = 1,
+        max_len: int = 4096,
+    ) -> HiggsAudio:
+        from higgs_audio.codec.codec import AudioCodec
+
+        net, _, directory = load_model(model, device=device, dtype=dtype)
+        device = next(net.parameters()).device
+        return cls(
+            net,
+            TextTokenizer(directory),
+            AudioCodec.from_pretrained(codec, device=device),
+            max_batch=max_batch,
+            max_len=max_len,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    # -- building requests ----------------------------------------------------------------------
+
+    def voice(self, spec, transcript: str | None = None) -> VoiceRef | VoiceProfile:
+        """A voice from a VoiceRef/VoiceProfile, ``"profile:description"``, an audio path (transcript from
+        ``transcript`` or a sidecar ``.txt``), ``(array, sample_rate)``, or a voice-library name."""
+        if isinstance(spec, (VoiceRef, VoiceProfile)):
+            return spec
+        if isinstance(spec, tuple) and len(spec) == 2:
+            wave, rate = spec
+            return VoiceRef(self.codec.encode(np.asarray(wave, dtype=np.float32), int(rate)), transcript)
+        if isinstance(spec, str) and spec.startswith(PROFILE_PREFIX):
+            name = spec[len(PROFILE_PREFIX) :].strip().strip('"')
+            if self.voice_library is not None:
+                return self.voice_library.profile(name)
+            return VoiceProfile(name)
+        path = Path(spec)
+        if path.suffix and path.is_file():
+            if transcript is None and path.with_suffix(".txt").is_file():
+                transcript = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+            return VoiceRef(self.encode_audio(path), transcript)
+        if self.voice_library is not None:
+            return self.voice_library.get(str(spec), self.codec)
+        raise AudioInputError(f"voice {spec!r} is not an audio file, a 'profile:' description or a known voice")
+
+    def encode_audio(self, source) -> torch.Tensor:
+        """Audio (path, bytes, base64 string of a file, AudioContent) -> codes (K, T)."""
+        from higgs_audio.audio import read_audio
+
+        if isinstance(source, AudioContent):
+            kind = source.source
+            if kind is None:
+                raise AudioInputError("an audio content has no audio: give codes, array, data, raw_audio or audio_url")
+            if kind == "codes":
+                return source.codes
+            if kind == "array":
+                wave = source.array.numpy() if isinstance(source.array, torch.Tensor) else source.array
+                return self.codec.encode(np.asarray(wave, dtype=np.float32), source.sample_rate)
+            if kind == "raw_audio":
+                source = base64.b64decode(source.raw_audio, validate=False)
+            else:
+                source = source.data if kind == "data" else source.audio_url
+        wave, rate = read_audio(source)
+        return self.codec.encode(wave, rate)
+
+    def request(
+        self,
+        text: str | None = None,
+        *,
+        messages: ChatMLSample | Sequence[Message | dict] | None = None,
+        voice=None,
+        voice_text: str | None = None,
+        scene: str | None = None,
+        system: str | None = None,
+        refs_in_system: bool = False,
+        normalize: bool = True,
+        force_audio: bool = True,
+        **params,
+    ) -> Request:
+        """Build the engine request for ``generate``/``stream`` (same arguments)."""
+        if (text is None) == (messages is None):
+            raise ValueError("give either text or messages")
+        if messages is None:
+            if normalize:
+                text = normalize_transcript(text)
+            voices = self._voices(voice, voice_text)
+            messages = build_messages(text, voices=voices, scene=scene, system=system, refs_in_system=refs_in_system)
+            spoken = text
+        else:
+            messages = coerce_messages(messages)
+            spoken = " ".join(_texts(messages[-1]))
+        for m in messages:
+            for c in m.contents():
+                if isinstance(c, AudioContent) and c.codes is None:
+                    c.codes = self.encode_audio(c)
+        prompt = build_prompt(messages, self.tokenizer, add_generation_prompt=True, force_audio=force_audio)
+        params.setdefault("max_audio_seconds", default_max_audio_seconds(spoken))
+        return Request(prompt.ids, [a.codes for a in prompt.audio], SamplingParams(**params))
+
+    def _voices(self, voice, voice_text):
+        if voice is None:
+            return None
+        if isinstance(voice, dict):
+            return {tag: self.voice(v) for tag, v in voice.items()}
+        if isinstance(voice, (list, tuple)) and not (len(voice) == 2 and isinstance(voice[1], int)):
+            return [None if v is None else self.voice(v) for v in voice]
+        return self.voice(voice, voice_text)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def generate(self, text: str | None = None, **kwargs) -> GenerationResult:
+        """Speak ``text`` (or continue ``messages=``); see ``request`` for the options and
+        ``SamplingParams`` for temperature, top_k, top_p, seed, max_new_tokens, ras_window, ..."""
+        return self.generate_batch([self.request(text, **kwargs)])[0]
+
+    def generate_batch(self, requests: Sequence[Request | dict]) -> list[GenerationResult]:
+        """Generate several requests, decoding up to ``max_batch`` of them together."""
+        reqs = [r if isinstance(r, Request) else self.request(**r) for r in requests]
+        runs = [_Run(self, r) for r in reqs]
+        with self._lock:
+            pending = list(range(len(runs)))
+            live: dict[int, _Run] = {}
+            while pending or live:
+                while pending and self.decoder.free_slots():
+                    run = runs[pending.pop(0)]
+                    live[run.start(self.decoder)] = run
+                for event in self.decoder.step():
+                    run = live[event.slot]
+                    run.on_event(event)
+                    if event.kind == "done":
+                        del live[event.slot]
+        return [run.result() for run in runs]
+
+    def stream(self, text: str | None = None, *, chunk_frames: int = 10, **kwargs) -> Iterator[np.ndarray]:
+        """Yield float32 audio chunks as soon as they can be decoded; the first one once the first frames
+        clear the delay pattern and the codec's look-ahead, later ones every ``chunk_frames`` frames."""
+        run = _Run(self, self.request(text, **kwargs))
+        decoder = self.codec.stream_decoder()
+        pending: list[torch.Tensor] = []
+        first = True
+        with self._lock:
+            slot = run.start(self.decoder)
+            try:
+                done = False
+                while not done:
+                    for event in self.decoder.step():
+                        if event.slot != slot:
+                            continue
+                        frame = run.on_event(event)
+                        done = event.kind == "done"
+                        if frame is not None:
+                            pending.append(frame)
+                        if pending and (first or len(pending) >= chunk_frames or done):
+                            chunk = decoder.push(torch.stack(pending, dim=1))
+                            pending = []
+                            if len(chunk):
+                                first = False
+                                yield chunk
+            finally:
+                if slot in self.decoder.streams:
+                    self.decoder.release(slot)
+        if pending:
+            yield decoder.push(torch.stack(pending, dim=1))
+        tail = decoder.flush()
+        if len(tail):
+            yield tail
+
+    async def astream(self, text: str | None = None, **kwargs) -> AsyncIterator[np.ndarray]:
+        """``stream`` as an async iterator (generation runs in a worker thread)."""
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        end = object()
+
+        def work():
+            try:
+                for chunk in self.stream(text, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as e:  # re-raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            loop.call_soon_threadsafe(queue.put_nowait, end)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (item := await queue.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+def _texts(message: Message) -> list[str]:
+    from higgs_audio.messages import TextContent
+
+    return [c.text for c in message.contents() if isinstance(c, TextContent)]
+
+
+class _Run:
+    """Collects one request's events into frames, text and timings."""
+
+    def __init__(self, api: HiggsAudio, request: Request):
+        self.api, self.request = api, request
+        cfg = api.model.cfg
+        self.frames = FrameAssembler(cfg.num_codebooks, cfg.codebook_size)
+        self.codes: list[torch.Tensor] = []
+        self.text_ids: list[int] = []
+        self.reason = "length"
+        self.t0 = self.t_prefill = self.t_first = self.t_end = None
+        self.steps = 0
+        self.prompt_tokens = 0
+
+    def start(self, decoder: BatchDecoder) -> int:
+        self.t0 = time.perf_counter()
+        slot = decoder.add(self.request)
+        self.t_prefill = time.perf_counter()
+        self.prompt_tokens = int(decoder.pos[slot]) + 1
+        return slot
+
+    def on_event(self, event: Event) -> torch.Tensor | None:
+        """Record an event; return a newly completed audio frame (K,) if there is one."""
+        if event.kind == "text":
+            self.steps += 1
+            self.text_ids.append(event.token)
+        elif event.kind == "audio":
+            self.steps += 1
+            frame = self.frames.push(event.column)
+            if frame is not None:
+                if self.t_first is None:
+                    self.t_first = time.perf_counter()
+                self.codes.append(frame.cpu())
+                return frame
+        elif event.kind == "segment_end":
+            self.frames.push(torch.empty(0), segment_end=True)
+        elif event.kind == "done":
+            self.reason = event.reason
+            self.t_end = time.perf_counter()
+        return None
+
+    def result(self) -> GenerationResult:
+        api = self.api
+        k = api.model.cfg.num_codebooks
+        codes = torch.stack(self.codes, dim=1) if self.codes else torch.zeros(k, 0, dtype=torch.long)
+        notes = []
+        if codes.shape[1]:
+            audio = np.asarray(api.codec.decode(codes), dtype=np.float32)
+        else:
+            audio = np.zeros(0, dtype=np.float32)
+            notes.append("no audio generated: the model produced only text" if self.text_ids else "no audio generated")
+            warnings.warn(notes[-1], stacklevel=3)
+        if self.reason == "max_audio":
+            notes.append(
+                f"audio reached the {self.request.params.max_audio_seconds:.1f} s guard without ending and was cut"
+            )
+        end = self.t_end or time.perf_counter()
+        return GenerationResult(
+            audio=audio,
+            sample_rate=api.sample_rate,
+            codes=codes,
+            text=api.tokenizer.decode(self.text_ids, skip_special_tokens=True),
+            text_ids=list(self.text_ids),
+            finish_reason=self.reason,
+            usage={
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.steps,
+                "audio_frames": codes.shape[1],
+                "audio_seconds": codes.shape[1] / FRAME_RATE,
+            },
+            timings={
+                "prefill_s": self.t_prefill - self.t0,
+                "first_audio_s": None if self.t_first is None else self.t_first - self.t0,
+                "total_s": end - self.t0,
+            },
+            warnings=notes,
+        )
