@@ -1,0 +1,280 @@
+"""Audio in and out: read files, bytes, base64 and arrays; resample; measure and normalise loudness; write.
+
+Waves are float32 numpy arrays, shaped (samples,) for mono or (channels, samples) otherwise.
+Every problem with audio a user handed in raises ``AudioInputError`` with a message saying what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from higgs_audio.errors import AudioInputError
+
+AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+
+# name -> (libsndfile container, subtype); "pcm" is headerless signed 16-bit little-endian.
+FORMATS: dict[str, tuple[str, str]] = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),
+    "ogg": ("OGG", "VORBIS"),
+    "pcm": ("RAW", "PCM_16"),
+}
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+_SUFFIXES = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".opus": "opus", ".ogg": "ogg", ".pcm": "pcm",
+             ".raw": "pcm"}
+_MAX_CHANNELS = 16
+
+
+def check_wave(wave: np.ndarray, what: str = "audio") -> np.ndarray:
+    """``wave`` as float32 (samples,) or (channels, samples), refusing empty, non-finite or odd-shaped input.
+
+    Integer arrays are scaled from their full range to [-1, 1].
+    """
+    if hasattr(wave, "detach"):  # a torch tensor, without importing torch here
+        wave = wave.detach().cpu().numpy()
+    if not isinstance(wave, np.ndarray):
+        raise AudioInputError(f"{what} must be a numpy array of samples, got {type(wave).__name__}")
+    if np.issubdtype(wave.dtype, np.signedinteger):
+        wave = wave.astype(np.float32) / float(-np.iinfo(wave.dtype).min)
+    elif not np.issubdtype(wave.dtype, np.floating):
+        raise AudioInputError(f"{what} must hold real numbers, got dtype {wave.dtype}")
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim not in (1, 2):
+        raise AudioInputError(f"{what} must be shaped (samples,) or (channels, samples), got {wave.shape}")
+    if wave.ndim == 2 and wave.shape[0] > _MAX_CHANNELS:
+        raise AudioInputError(
+            f"{what} has shape {wave.shape}: {wave.shape[0]} channels is implausible; "
+            "pass (channels, samples) (transpose a (samples, channels) array)"
+        )
+    if wave.shape[-1] == 0 or wave.size == 0:
+        raise AudioInputError(f"{what} is empty (no samples)")
+    if not np.isfinite(wave).all():
+        raise AudioInputError(f"{what} contains NaN or infinite samples")
+    return wave
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """Average the channels (what the reference's librosa load does)."""
+    return wave if wave.ndim == 1 else wave.mean(axis=0, dtype=np.float32)
+
+
+def _decode_file(file: str | io.BytesIO, name: str) -> tuple[np.ndarray, int]:
+    try:
+        data, rate = sf.read(file, dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise AudioInputError(
+            f"{name} is not a readable audio file ({e.error_string}); use WAV, FLAC, MP3 or OGG (Vorbis/Opus)"
+        ) from None
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioInputError(f"{name} could not be decoded as audio: {e}") from None
+    return check_wave(data.T, name), int(rate)
+
+
+def read_audio(source: AudioSource, sample_rate: int | None = None, *, mono: bool = True) -> tuple[np.ndarray, int]:
+    """Read audio from a file path, the bytes of a file, a ``data:`` URI or an array; return (wave, rate).
+
+    ``sample_rate`` is the rate of an array source and must not be given for files (they carry their own).
+    With ``mono`` the channels are averaged.
+    """
+    if isinstance(source, np.ndarray) or hasattr(source, "detach"):
+        if sample_rate is None:
+            raise AudioInputError("audio given as an array needs its sample_rate")
+        if int(sample_rate) <= 0:
+            raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
+        wave, rate = check_wave(source), int(sample_rate)
+    else:
+        if sample_rate is not None:
+            raise AudioInputError("sample_rate is only for arrays: audio files carry their own rate")
+        if isinstance(source, str) and source.startswith("data:"):
+            return read_audio_base64(source, mono=mono)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            wave, rate = _decode_file(io.BytesIO(bytes(source)), "the audio bytes")
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source).expanduser()
+            if not path.is_file():
+                raise AudioInputError(f"audio file {path} does not exist")
+            wave, rate = _decode_file(str(path), str(path))
+        else:
+            raise AudioInputError(
+                f"cannot read audio from a {type(source).__name__}: pass a path, file bytes, a data: URI "
+                "or a numpy array with its sample_rate"
+            )
+    return (to_mono(wave) if mono else wave), rate
+
+
+def read_audio_base64(data: str, *, mono: bool = True) -> tuple[np.ndarray, int]:
+    """Read an audio file encoded as base64, bare or as a ``data:audio/...;base64,`` URI."""
+    if data.startswith("data:"):
+        header, sep, data = data.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise AudioInputError("a data: URI for audio must be of the form 'data:audio/<type>;base64,<data>'")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise AudioInputError(f"audio is not valid base64: {e}") from None
+    return read_audio(raw, mono=mono)
+
+
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample along the last axis with soxr 'HQ' (librosa's default), to ceil(T * target / orig) samples."""
+    if orig_sr == target_sr:
+        return wave
+    length = math.ceil(wave.shape[-1] * target_sr / orig_sr)
+    out = soxr.resample(wave.T, orig_sr, target_sr, quality="HQ").T.astype(np.float32, copy=False)
+    # librosa pads or trims soxr's output to exactly this length; so do we, to frame the same way.
+    if out.shape[-1] >= length:
+        return np.ascontiguousarray(out[..., :length])
+    return np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
+
+
+# --- Loudness (ITU-R BS.1770-4 integrated loudness, the measure pyloudnorm's default Meter implements) ---
+
+_BLOCK_S, _OVERLAP, _ABS_GATE, _REL_GATE = 0.4, 0.75, -70.0, -10.0
+
+
+def _biquad(kind: str, gain_db: float, q: float, fc: float, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(b, a) of the K-weighting stages, normalised so a[0] = 1 (audio-EQ-cookbook formulas)."""
+    a_gain = 10 ** (gain_db / 40)
+    w0 = 2 * math.pi * fc / rate
+    alpha, cos = math.sin(w0) / (2 * q), math.cos(w0)
+    if kind == "high_shelf":
+        root = 2 * math.sqrt(a_gain) * alpha
+        b = [a_gain * ((a_gain + 1) + (a_gain - 1) * cos + root), -2 * a_gain * ((a_gain - 1) + (a_gain + 1) * cos),
+             a_gain * ((a_gain + 1) + (a_gain - 1) * cos - root)]
+        a = [(a_gain + 1) - (a_gain - 1) * cos + root, 2 * ((a_gain - 1) - (a_gain + 1) * cos),
+             (a_gain + 1) - (a_gain - 1) * cos - root]
+    else:  # high_pass
+        b = [(1 + cos) / 2, -(1 + cos), (1 + cos) / 2]
+        a = [1 + alpha, -2 * cos, 1 - alpha]
+    return np.array(b) / a[0], np.array(a) / a[0]
+
+
+@lru_cache(maxsize=8)
+def _k_weighting(rate: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Numerator, denominator (cascade of both stages) and the length after which its response is < 1e-12."""
+    b1, a1 = _biquad("high_shelf", 4.0, 1 / math.sqrt(2), 1500.0, rate)
+    b2, a2 = _biquad("high_pass", 0.0, 0.5, 38.0, rate)
+    b, a = np.polymul(b1, b2), np.polymul(a1, a2)
+    radius = max(abs(np.roots(a)))
+    # Slowest pole decays as n * r^n (a double pole at worst); budget twice the single-pole length.
+    tail = 2 * math.ceil(math.log(1e-12) / math.log(radius))
+    return b, a, tail
+
+
+def _k_filter(wave: np.ndarray, rate: int) -> np.ndarray:
+    """Apply the IIR K-weighting filter exactly up to a 1e-12 tail, via the FFT of the padded signal.
+
+    Circular convolution with the filter's frequency response equals the causal IIR output once the padding
+    is longer than the (decaying) impulse response, and needs no per-sample Python loop.
+    """
+    b, a, tail = _k_weighting(rate)
+    n = 1 << (wave.shape[-1] + tail - 1).bit_length()
+    z_inv = np.exp(-2j * np.pi * np.fft.rfftfreq(n))
+    response = np.polyval(b[::-1], z_inv) / np.polyval(a[::-1], z_inv)
+    return np.fft.irfft(np.fft.rfft(wave.astype(np.float64), n) * response, n)[..., : wave.shape[-1]]
+
+
+def integrated_loudness(wave: np.ndarray, rate: int) -> float:
+    """Gated integrated loudness in LUFS; -inf for silence. Needs at least 0.4 s of audio."""
+    wave = check_wave(wave)
+    channels = wave[None] if wave.ndim == 1 else wave
+    block, step = _BLOCK_S * rate, 1 - _OVERLAP
+    n_blocks = int(round((channels.shape[-1] / rate - _BLOCK_S) / (_BLOCK_S * step))) + 1
+    if channels.shape[-1] < block or n_blocks < 1:
+        raise AudioInputError(f"loudness needs at least {_BLOCK_S} s of audio, got {channels.shape[-1] / rate:.3f} s")
+    filtered = _k_filter(channels, rate)
+    power = np.empty((channels.shape[0], n_blocks))
+    for j in range(n_blocks):
+        lo, hi = int(_BLOCK_S * (j * step) * rate), int(_BLOCK_S * (j * step + 1) * rate)
+        power[:, j] = (1.0 / block) * np.sum(np.square(filtered[:, lo:hi]), axis=1)
+    weights = np.array([1.41 if c in (3, 4) else 1.0 for c in range(channels.shape[0])])  # surround channels
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10 * np.log10(weights @ power)
+        gated = block_lufs >= _ABS_GATE
+        if not gated.any():
+            return -math.inf
+        relative = -0.691 + 10 * np.log10(weights @ power[:, gated].mean(axis=1)) + _REL_GATE
+        gated = (block_lufs > relative) & (block_lufs > _ABS_GATE)
+        return float(-0.691 + 10 * np.log10(weights @ power[:, gated].mean(axis=1)))
+
+
+def normalize_loudness(wave: np.ndarray, rate: int, target_lufs: float = -23.0) -> np.ndarray:
+    """Scale ``wave`` to ``target_lufs`` integrated loudness, staying float32.
+
+    Clips shorter than 0.4 s and silence (no block above -70 LUFS) have no measurable loudness and are
+    returned unchanged. The result may exceed [-1, 1]; writers clip.
+    """
+    wave = check_wave(wave)
+    if wave.shape[-1] < _BLOCK_S * rate:
+        return wave
+    loudness = integrated_loudness(wave, rate)
+    if not math.isfinite(loudness):
+        return wave
+    return (wave * np.float32(10 ** ((target_lufs - loudness) / 20))).astype(np.float32)
+
+
+# --- Writing ---
+
+def _format_for(format: str | None, path: Path | None) -> str:
+    if format is None:
+        suffix = path.suffix.lower() if path is not None else ""
+        if suffix not in _SUFFIXES:
+            raise ValueError(f"cannot tell the audio format from {str(path)!r}: pass format= one of {list(FORMATS)}")
+        return _SUFFIXES[suffix]
+    name = format.lower()
+    if name not in FORMATS:
+        raise ValueError(f"unsupported audio format {format!r}; choose one of {list(FORMATS)}")
+    return name
+
+
+def encode_audio(wave: np.ndarray, sample_rate: int, format: str = "wav") -> bytes:
+    """The bytes of an audio file (or raw s16le PCM for "pcm"). Samples are clipped to [-1, 1] first."""
+    name = _format_for(format, None)
+    if name == "opus" and sample_rate not in OPUS_RATES:
+        raise ValueError(f"Opus supports only {OPUS_RATES} Hz; resample the {sample_rate} Hz audio first")
+    wave = np.clip(check_wave(wave, "audio to write"), -1.0, 1.0)
+    frames = wave.T  # soundfile wants (samples, channels)
+    if name == "pcm":
+        return np.round(frames * 32767).astype("<i2").tobytes()
+    container, subtype = FORMATS[name]
+    buffer = io.BytesIO()
+    sf.write(buffer, frames, sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def write_audio(
+    path: str | os.PathLike, wave: np.ndarray, sample_rate: int, format: str | None = None, *, force: bool = False
+) -> Path:
+    """Write ``wave`` to ``path`` atomically (a temporary file in the same folder, then a rename).
+
+    The format comes from ``format`` or the file suffix. An existing file is only replaced with ``force``.
+    """
+    path = Path(path).expanduser()
+    data = encode_audio(wave, sample_rate, _format_for(format, path))
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

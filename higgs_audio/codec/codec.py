@@ -1,0 +1,277 @@
+"""``AudioCodec``: audio -> 8 x 25 Hz codes -> 24 kHz audio, equal to the official Higgs Audio V2 tokenizer.
+
+Encoding (spec section 8.2): mono mix-down, optional loudness normalisation at the input rate, soxr resampling
+to 24 kHz, then two branches over the same clip:
+- semantic: windowed-sinc resampling to 16 kHz, 160 zero samples each side, HuBERT (mean of all hidden
+  states), every 2nd frame, a conv encoder;
+- acoustic: the DAC encoder; when its frame count differs from the semantic one the clip is re-encoded with
+  320 zero samples each side (the official rule; the transformers port pads 480 instead).
+Both are concatenated, projected and residual-vector-quantised. Decoding sums the code vectors, projects them
+and runs the DAC decoder: exactly ``hop_length`` (960) samples per frame.
+
+Clips shorter than one frame (960 samples at 24 kHz) are zero-padded at the end to one frame, so they give
+one frame of codes; the reference would fail inside HuBERT's convolutions instead. Empty clips are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from higgs_audio import audio
+from higgs_audio.checkpoint import DEFAULT_CODEC, resolve
+from higgs_audio.codec import weights
+from higgs_audio.codec.acoustic import AcousticDecoder, AcousticEncoder
+from higgs_audio.codec.config import CodecConfig
+from higgs_audio.codec.quantizer import ResidualVQ
+from higgs_audio.codec.resample import resample
+from higgs_audio.codec.semantic import Hubert, SemanticEncoder
+from higgs_audio.errors import AudioInputError
+
+
+class CodecModel(nn.Module):
+    """The network; submodule names equal the transformers port's, so its checkpoints load by identity."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.acoustic_encoder = AcousticEncoder(cfg.encoder_dim, cfg.encoder_ratios, cfg.latent_dim)
+        self.acoustic_decoder = AcousticDecoder(cfg.latent_dim, cfg.decoder_dim, cfg.decoder_ratios)
+        self.encoder_semantic = SemanticEncoder(cfg)
+        self.semantic_model = Hubert(cfg.hubert)
+        self.fc = nn.Linear(cfg.quantizer_dim, cfg.quantizer_dim)
+        self.fc2 = nn.Linear(cfg.quantizer_dim, cfg.latent_dim)
+        self.quantizer = ResidualVQ(cfg.quantizer_dim, cfg.num_codebooks, cfg.codebook_size, cfg.codebook_dim)
+
+    def encode(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) at ``cfg.sample_rate`` -> codes (B, num_codebooks, frames)."""
+        cfg = self.cfg
+        factor, half_hop = cfg.semantic_downsample_factor, cfg.semantic_hop // 2
+        semantic = resample(wave[:, 0], cfg.sample_rate, cfg.semantic_sample_rate)
+        features = self.semantic_model(F.pad(semantic, (half_hop, half_hop)))[:, ::factor]
+        e_semantic = self.encoder_semantic(features.transpose(1, 2))
+        frames = e_semantic.shape[-1]
+        if self.acoustic_encoder.output_length(wave.shape[-1]) != frames:
+            pad = half_hop * factor
+            wave = F.pad(wave, (pad, pad))
+        e_acoustic = self.acoustic_encoder(wave)
+        frames = min(frames, e_acoustic.shape[-1])
+        joint = torch.cat([e_acoustic[..., :frames], e_semantic[..., :frames]], dim=1)
+        return self.quantizer.encode(self.fc(joint.transpose(1, 2)))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, num_codebooks, frames) -> (B, frames * hop_length)."""
+        latent = self.fc2(self.quantizer.decode(codes)).transpose(1, 2)
+        return self.acoustic_decoder(latent)[:, 0]
+
+
+class AudioCodec:
+    """Load with :meth:`from_pretrained`; see the module docstring for what encode and decode do."""
+
+    def __init__(self, model: CodecModel, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.config = model.cfg
+        self.device, self.dtype = device, dtype
+        context, lookahead = model.acoustic_decoder.context_frames()
+        self.decoder_context_frames: int = context
+        """Frames before a frame that its decoded samples depend on (left receptive field)."""
+        self.decoder_lookahead_frames: int = lookahead
+        """Frames after a frame that its decoded samples depend on: a streamed frame is final only once this
+        many later frames have arrived (or the stream is flushed)."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = DEFAULT_CODEC,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> AudioCodec:
+        """Load either checkpoint format from a local directory or a hub id (no remote code, tensors only)."""
+        directory = resolve(name_or_path)
+        cfg, weights_path = weights.read_config(directory)
+        with torch.device("meta"):
+            model = CodecModel(cfg)
+        tensors = weights.read_tensors(weights_path)
+        original = weights_path.name == weights.ORIGINAL_WEIGHTS
+        tensors = weights.to_model_names(tensors, cfg, weights_path, original=original)
+        tensors = weights.check_and_select(tensors, model.state_dict(), weights_path)
+        device = torch.device(device)
+        state = {k: v.to(device=device, dtype=torch.float32, copy=True) for k, v in tensors.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        return cls(model.to(dtype=dtype), device, dtype)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> int:
+        return self.config.frame_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.config.num_codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames ``encode`` returns for a clip of ``num_samples`` samples at the codec rate."""
+        length = max(num_samples, self.hop_length)
+        cfg = self.config
+        semantic = -(-length * cfg.semantic_sample_rate // cfg.sample_rate) + 2 * (cfg.semantic_hop // 2)
+        frames = -(-self.model.semantic_model.output_length(semantic) // cfg.semantic_downsample_factor)
+        acoustic = self.model.acoustic_encoder.output_length(length)
+        if acoustic != frames:
+            pad = cfg.semantic_hop // 2 * cfg.semantic_downsample_factor
+            acoustic = self.model.acoustic_encoder.output_length(length + 2 * pad)
+        return min(frames, acoustic)
+
+    def _prepare(self, wave: np.ndarray, sample_rate: int, loudness_normalize: bool, loudness_target: float
+                 ) -> np.ndarray:
+        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise AudioInputError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        wave = audio.to_mono(audio.check_wave(wave))
+        if loudness_normalize:
+            wave = audio.normalize_loudness(wave, int(sample_rate), loudness_target)
+        wave = audio.resample(wave, int(sample_rate), self.sample_rate)
+        if wave.shape[-1] < self.hop_length:
+            wave = np.pad(wave, (0, self.hop_length - wave.shape[-1]))
+        return wave
+
+    def encode(
+        self,
+        wave: np.ndarray | torch.Tensor,
+        sample_rate: int,
+        *,
+        loudness_normalize: bool = False,
+        loudness_target: float = -23.0,
+    ) -> torch.Tensor:
+        """Codes (num_codebooks, frames) as a CPU LongTensor for one clip, shaped (samples,) or
+        (channels, samples), at any rate; ``frames`` is ``num_frames`` of the clip resampled to 24 kHz."""
+        return self.encode_batch([wave], sample_rate, loudness_normalize=loudness_normalize,
+                                 loudness_target=loudness_target)[0]
+
+    def encode_batch(
+        self,
+        waves: Sequence[np.ndarray | torch.Tensor],
+        sample_rate: int | Sequence[int],
+        *,
+        loudness_normalize: bool = False,
+        loudness_target: float = -23.0,
+        max_batch: int = 16,
+    ) -> list[torch.Tensor]:
+        """``encode`` for several clips. Clips of equal length run as one batch, giving the same codes as
+        one at a time (each clip's padding rule depends on its own length, so unequal ones are not mixed)."""
+        rates = [sample_rate] * len(waves) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
+        if len(rates) != len(waves):
+            raise ValueError(f"{len(waves)} clips but {len(rates)} sample rates")
+        prepared = [self._prepare(w, r, loudness_normalize, loudness_target) for w, r in zip(waves, rates)]
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(prepared):
+            by_length.setdefault(w.shape[-1], []).append(i)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
+        with torch.inference_mode():
+            for indices in by_length.values():
+                for start in range(0, len(indices), max_batch):
+                    group = indices[start : start + max_batch]
+                    batch = torch.from_numpy(np.stack([prepared[i] for i in group]))[:, None]
+                    codes = self.model.encode(batch.to(self.device, self.dtype)).cpu()
+                    for i, c in zip(group, codes):
+                        out[i] = c
+        return out
+
+    def _check_codes(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        codes = torch.as_tensor(codes)
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
+            raise ValueError(f"codes must be integers, got {codes.dtype}")
+        if codes.dim() not in (2, 3) or codes.shape[-2] != self.num_codebooks:
+            raise ValueError(
+                f"codes must be shaped ({self.num_codebooks}, frames) or (batch, {self.num_codebooks}, frames), "
+                f"got {tuple(codes.shape)}"
+            )
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}); got values in [{int(codes.min())}, {int(codes.max())}]"
+                " (strip stream bos/eos and revert the delay pattern before decoding)"
+            )
+        return codes.long()
+
+    def decode(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """float32 mono 24 kHz samples, exactly ``hop_length`` per frame: (frames * hop,) for codes
+        (num_codebooks, frames), (batch, frames * hop) for codes (batch, num_codebooks, frames)."""
+        codes = self._check_codes(codes)
+        batch = codes if codes.dim() == 3 else codes[None]
+        if batch.shape[-1] == 0:
+            wave = np.zeros((batch.shape[0], 0), dtype=np.float32)
+        else:
+            wave = self._decode(batch.to(self.device))
+        return wave if codes.dim() == 3 else wave[0]
+
+    def _decode(self, codes: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model.decode(codes).float().cpu().numpy()
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Decode codes that arrive a few frames at a time; the concatenated output equals ``decode`` of all codes.
+
+    Each output frame depends on ``decoder_context_frames`` frames before it and ``decoder_lookahead_frames``
+    after it (the decoder's receptive field). ``push`` emits every frame whose right context has arrived,
+    decoding a window that adds the left context (from the true start of the stream while it is that near,
+    so the start sees the same zero padding as a one-shot decode); ``flush`` emits the rest using the true end.
+    The codes before the left context are dropped, so memory stays bounded.
+    """
+
+    def __init__(self, codec: AudioCodec) -> None:
+        self.codec = codec
+        self._reset()
+
+    def _reset(self) -> None:
+        self._codes = torch.zeros(self.codec.num_codebooks, 0, dtype=torch.long)
+        self._offset = 0  # stream index of self._codes[:, 0]
+        self._emitted = 0  # frames already returned
+
+    def push(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Add codes (num_codebooks, n) and return the samples that are now final (a multiple of hop)."""
+        chunk = self.codec._check_codes(codes)
+        if chunk.dim() != 2:
+            raise ValueError("a stream decoder takes one stream: codes shaped (num_codebooks, frames)")
+        self._codes = torch.cat([self._codes, chunk], dim=1)
+        received = self._offset + self._codes.shape[1]
+        return self._emit(received - self.codec.decoder_lookahead_frames)
+
+    def flush(self) -> np.ndarray:
+        """Return the remaining samples (the stream has ended) and reset for a new stream."""
+        out = self._emit(self._offset + self._codes.shape[1])
+        self._reset()
+        return out
+
+    def _emit(self, end: int) -> np.ndarray:
+        hop = self.codec.hop_length
+        if end <= self._emitted:
+            return np.zeros(0, dtype=np.float32)
+        start = max(self._emitted - self.codec.decoder_context_frames, self._offset)
+        window = self._codes[:, start - self._offset :]
+        wave = self.codec._decode(window[None].to(self.codec.device))[0]
+        out = wave[(self._emitted - start) * hop : (end - start) * hop]
+        self._emitted = end
+        # Keep only what the next window can need: the left context of the next frame to emit.
+        keep_from = max(end - self.codec.decoder_context_frames, self._offset)
+        self._codes = self._codes[:, keep_from - self._offset :]
+        self._offset = keep_from
+        return out
