@@ -1,0 +1,79 @@
+"""``higgs-audio serve``: the OpenAI-compatible HTTP server (needs the ``[server]`` extra).
+
+``add_serve_parser(subparsers)`` adds the ``serve`` subcommand to the CLI; ``run_serve(args)`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL
+
+API_KEY_ENV = "HIGGS_AUDIO_API_KEY"
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the OpenAI-compatible speech server",
+        description="Serve /v1/audio/speech, /v1/audio/generation, /v1/chat/completions, /v1/voices, /metrics "
+        "and a web page at /, decoding concurrent requests together (continuous batching).",
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="generation checkpoint: hub id or folder")
+    p.add_argument("--codec", default=DEFAULT_CODEC, help="audio tokenizer checkpoint: hub id or folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default="higgs-audio-v2", help="model id shown by /v1/models")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on /v1 and /metrics (or set ${API_KEY_ENV})")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser requests from ORIGIN (repeatable; '*' for any)")
+    p.add_argument("--voices", action="append", default=None, metavar="DIR",
+                   help="voice library folder (repeatable; default: the CLI's library)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together in one step")
+    p.add_argument("--max-len", type=int, default=4096, help="positions per request (prompt + generated)")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which new ones get 429")
+    p.add_argument("--max-input-chars", type=int, default=4096, help="longer texts get 413")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger request bodies get 413")
+    p.add_argument("--max-new-tokens", type=int, default=2048,
+                   help="default and ceiling of a request's generation steps (25 audio steps = 1 s)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request is cancelled")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from higgs_audio.server.app import Settings, create_app
+    except ImportError as e:
+        raise SystemExit(f"the server needs its extra packages: pip install 'higgs-audio[server]' ({e})") from None
+    from higgs_audio.api import HiggsAudio
+    from higgs_audio.voices import VoiceLibrary
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(
+        served_model_name=args.served_model_name,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        cors_origins=args.cors_origin,
+        max_queue=args.max_queue,
+        max_input_chars=args.max_input_chars,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        timeout_s=args.timeout,
+        max_new_tokens=args.max_new_tokens,
+    )
+    api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
+                                     max_batch=args.max_batch, max_len=args.max_len)
+    app = create_app(api, VoiceLibrary(args.voices), settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0

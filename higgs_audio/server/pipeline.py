@@ -1,0 +1,132 @@
+"""From a scheduler job to what a response sends: decoded audio chunks, text deltas, the final result.
+
+Decoding runs in worker threads (the codec's ``stream_decoder``), so the scheduler thread only steps the
+model. ``stream`` yields the first chunk as soon as the first frames decode and then every
+``chunk_frames`` frames; ``collect`` decodes the whole utterance in one call. The two agree sample for
+sample up to float rounding, because the stream decoder waits for each frame's right context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request as HTTPRequest
+
+from higgs_audio.server.encoding import Tempo
+from higgs_audio.server.errors import APIError
+from higgs_audio.server.scheduler import Job
+
+DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class Outcome:
+    reason: str = "length"
+    text_ids: list[int] = field(default_factory=list)
+    first_audio_at: float | None = None  # perf_counter time of the first audio chunk handed out
+
+
+def _failure(error: BaseException) -> APIError:
+    if isinstance(error, ValueError):  # the engine refused the request (e.g. a prompt longer than the cache)
+        return APIError(400, str(error))
+    return APIError(500, "generation failed; see the server log", type="server_error")
+
+
+class JobAudio:
+    """Consumes one job. Create it, then either iterate ``stream()`` or await ``collect()``, once."""
+
+    def __init__(self, job: Job, codec, *, speed: float = 1.0, chunk_frames: int = 10):
+        self.job, self.codec, self.speed, self.chunk_frames = job, codec, speed, chunk_frames
+        self.outcome = Outcome()
+        self._first = None  # an item read ahead by ``started``
+
+    async def started(self) -> None:
+        """Wait for the job's first output, so that a failure before any audio can still become an HTTP
+        error instead of a truncated stream."""
+        self._first = await self.job.next()
+        if self._first[0] == "error":
+            raise _failure(self._first[1])
+        if self._first == ("done", "timeout"):
+            raise APIError(504, "the request timed out before any audio was generated", code="timeout")
+
+    async def _items(self) -> AsyncIterator[list[tuple[str, object]]]:
+        done = False
+        while not done:
+            first, self._first = self._first, None
+            batch = [first or await self.job.next(), *self.job.drain()]
+            done = any(kind in ("done", "error") for kind, _ in batch)
+            yield batch
+
+    def _take(self, batch, frames: list[torch.Tensor]) -> None:
+        for kind, payload in batch:
+            if kind == "frames":
+                frames.extend(payload)
+            elif kind == "text":
+                self.outcome.text_ids.extend(payload)
+            elif kind == "done":
+                self.outcome.reason = payload
+            elif kind == "error":
+                raise _failure(payload)
+
+    async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
+        """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
+        decoder = self.codec.stream_decoder()
+        tempo = Tempo(self.speed, self.codec.sample_rate) if self.speed != 1.0 else None
+        frames: list[torch.Tensor] = []
+        sent_audio = False
+        try:
+            async for batch in self._items():
+                text_before = len(self.outcome.text_ids)
+                self._take(batch, frames)
+                new_text = self.outcome.text_ids[text_before:]
+                end = any(kind == "done" for kind, _ in batch)
+                wave = np.zeros(0, dtype=np.float32)
+                if frames and (not sent_audio or len(frames) >= self.chunk_frames or end):
+                    wave = await run_in_threadpool(decoder.push, torch.stack(frames, dim=1))
+                    frames = []
+                if end:
+                    wave = np.concatenate([wave, await run_in_threadpool(decoder.flush)])
+                if tempo is not None:
+                    wave = np.concatenate([tempo.process(wave), tempo.flush() if end else wave[:0]])
+                if len(wave) and not sent_audio:
+                    sent_audio = True
+                    self.outcome.first_audio_at = time.perf_counter()
+                if len(wave) or new_text:
+                    yield wave, new_text
+        finally:
+            self.job.cancel()  # no-op when it finished; frees the slot when the client went away
+
+    async def collect(self, http_request: HTTPRequest | None = None):
+        """Wait for the job to end, then decode it whole; a client that disconnects meanwhile cancels it.
+        Returns the engine's ``GenerationResult`` (audio already at ``speed``)."""
+        try:
+            frames: list[torch.Tensor] = []  # the run keeps its own copy of every frame
+            while True:
+                if self._first is not None:
+                    item, self._first = self._first, None
+                else:
+                    try:
+                        item = await asyncio.wait_for(self.job.next(), DISCONNECT_POLL_S)
+                    except asyncio.TimeoutError:
+                        if http_request is not None and await http_request.is_disconnected():
+                            raise APIError(499, "client closed the request") from None
+                        continue
+                self._take([item], frames)
+                if item[0] == "done":
+                    break
+        finally:
+            self.job.cancel()
+        if self.outcome.reason == "timeout":
+            raise APIError(504, "the request timed out", code="timeout")
+        result = await run_in_threadpool(self.job.run.result)
+        if self.speed != 1.0:
+            tempo = Tempo(self.speed, result.sample_rate)
+            result.audio = np.concatenate([tempo.process(result.audio), tempo.flush()])
+        self.outcome.first_audio_at = time.perf_counter()
+        return result

@@ -1,0 +1,107 @@
+"""Request bodies: OpenAI's fields with OpenAI's names and defaults, then our extras.
+
+Unknown fields are ignored, as OpenAI clients send fields added to the API after this was written.
+Response bodies are plain dicts in OpenAI's shape (see app.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from higgs_audio.server.encoding import FORMATS
+
+AudioFormat = Literal[FORMATS]  # type: ignore[valid-type]
+SEED_MAX = 2**63 - 1
+
+
+class SamplingOptions(BaseModel):
+    """Our extras shared by every generating route; unset ones take the engine's defaults."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float | None = Field(None, ge=0, le=5, description="0 = greedy")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=100_000, description="0 = off")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same audio, batched or not")
+
+
+class AudioOptions(SamplingOptions):
+    response_format: AudioFormat = Field("mp3", description="pcm is raw s16le mono at 24 kHz")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo change without pitch change")
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="audio: the file's bytes as they are encoded; sse: speech.audio.delta events"
+    )
+    stream: bool = Field(True, description="false: send the whole file at once, with its length")
+    scene: str | None = Field(None, description="scene description, e.g. 'Audio is recorded from a quiet room.'")
+    max_new_tokens: int | None = Field(None, ge=1, description="capped by the server's --max-new-tokens")
+    max_duration: float | None = Field(None, gt=0, le=3600, description="seconds: stop audio that runs longer")
+
+
+class SpeechRequest(AudioOptions):
+    model: str = "higgs-audio-v2"
+    input: str = Field(min_length=1, description="the text to speak")
+    voice: str | None = Field(
+        None,
+        description="a voice-library name, 'profile:NAME' or 'profile:<description>'; OpenAI's built-in names "
+        "(alloy, ...) that are not in the library mean 'let the model choose'",
+    )
+    instructions: str | None = Field(None, description="used as the scene description when scene is not set")
+    reference_audio: str | None = Field(None, description="a voice to clone: base64 of an audio file or a data: URI")
+    reference_text: str | None = Field(None, description="the words spoken in reference_audio")
+
+
+class GenerationRequest(AudioOptions):
+    response_format: AudioFormat = "wav"
+    text: str = Field(min_length=1)
+    voice_profile: str | None = Field(
+        None, description="a profile or voice name from the voice library, or a description of the speaker"
+    )
+
+
+class InputAudio(BaseModel):
+    data: str = Field(description="base64 of an audio file")
+    format: str = "wav"
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class AudioPart(BaseModel):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[Union[TextPart, AudioPart], Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatAudio(BaseModel):
+    voice: str | None = None
+    format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"] = "wav"
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(SamplingOptions):
+    model: str = "higgs-audio-v2"
+    messages: list[ChatMessage] = Field(min_length=1)
+    modalities: list[Literal["text", "audio"]] = Field(["text", "audio"])
+    audio: ChatAudio | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
