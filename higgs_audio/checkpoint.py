@@ -180,24 +180,37 @@ def check_tensors(source: TensorSource, expected: dict[str, tuple[int, ...]], wh
             )
 
 
-def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto"):
-    """Load the generation model strictly. Returns (model, config, directory)."""
+def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", quantize: str | None = None):
+    """Load the generation model strictly. Returns (model, config, directory).
+
+    ``dtype`` is the compute dtype. ``auto`` on a CPU keeps the weights in bf16 (half the memory and
+    bandwidth) while computing in fp32; ``quantize`` ("int8" or "int4") stores linear weights quantized.
+    """
     from higgs_audio.config import ModelConfig
     from higgs_audio.device import pick_device, pick_dtype
     from higgs_audio.model.higgs import HiggsAudioModel
+    from higgs_audio.model.quantize import compact_linears, cpu_has_native_bf16, quantize_linears
 
     directory = resolve(name_or_path)
     config_path = directory / "config.json"
     cfg = ModelConfig.from_dict(read_json(config_path), config_path)
     source = TensorSource(safetensors_files(directory), cfg.source_format)
     device = pick_device(device)
-    dtype = pick_dtype(dtype, device)
+    compute = pick_dtype(dtype, device)
+    compact_cpu = device.type == "cpu" and dtype in (None, "auto")
+    storage = torch.bfloat16 if compact_cpu or (quantize and compute == torch.float32) else compute
     # The native converter drops the text head unless asked to keep it; without it we can still speak.
     with torch.device("meta"):
         model = HiggsAudioModel(cfg, text_head="text_head.weight" in source.parts)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_tensors(source, expected, directory)
-    state = {name: source.get(name).to(device=device, dtype=dtype) for name in expected}
+    state = {name: source.get(name).to(device=device, dtype=storage) for name in expected}
     model.load_state_dict(state, strict=True, assign=True)
+    del state
     model.reset_buffers(device)
+    model.compute_dtype = compute
+    if quantize:
+        quantize_linears(model, quantize)
+    elif storage != compute:
+        compact_linears(model, native=device.type != "cpu" or cpu_has_native_bf16())
     return model.eval().requires_grad_(False), cfg, directory

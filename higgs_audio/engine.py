@@ -139,7 +139,7 @@ class BatchDecoder:
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)
         param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device, self.dtype = param.device, model.compute_dtype or param.dtype
         self.max_batch, self.max_len = max_batch, max_len
         k, dev = self.cfg.num_codebooks, self.device
         self.bos, self.eos = self.cfg.audio_stream_bos_id, self.cfg.audio_stream_eos_id
@@ -149,7 +149,7 @@ class BatchDecoder:
         self.next_codes = torch.zeros(max_batch, k, dtype=torch.long, device=dev)
         self.next_audio, self.init, self.active = zeros(torch.bool), zeros(torch.bool), zeros(torch.bool)
         self.num_delay, self.remaining = zeros(), zeros() - 1
-        self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float32) + 1
+        self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float64) + 1
         self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
         self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
         self.streams: dict[int, _Stream] = {}

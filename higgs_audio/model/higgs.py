@@ -55,6 +55,7 @@ class HiggsAudioModel(nn.Module):
     def __init__(self, cfg: ModelConfig, text_head: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.compute_dtype: torch.dtype | None = None  # activations' dtype when weights are stored smaller
         h, k = cfg.hidden_size, cfg.num_codebooks
         self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
         self.audio_codebook_embeddings = nn.Embedding(k * cfg.audio_vocab_size, h)
@@ -80,13 +81,13 @@ class HiggsAudioModel(nn.Module):
 
     def embed(self, ids: torch.Tensor, codes: torch.Tensor | None, audio: AudioSelect) -> torch.Tensor:
         """Input embeddings (B, L, H) for text ids (B, L) and audio codes (B, L, K) at the audio positions."""
+        dtype = self.compute_dtype or self.embed_tokens.weight.dtype
         if audio is True:
-            return self.embed_audio(codes)
-        x = self.embed_tokens(ids)
+            return self.embed_audio(codes).to(dtype)
+        x = self.embed_tokens(ids).to(dtype)
         if audio is False:
             return x
-        x = x.clone()
-        x[audio] = self.embed_audio(codes[audio])
+        x[audio] = self.embed_audio(codes[audio]).to(dtype)
         return x
 
     def forward(
