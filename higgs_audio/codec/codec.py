@@ -99,8 +99,8 @@ class AudioCodec:
             model = CodecModel(cfg)
         tensors = weights.read_tensors(weights_path)
         original = weights_path.name == weights.ORIGINAL_WEIGHTS
-        tensors = weights.to_model_names(tensors, cfg, weights_path, original=original)
-        tensors = weights.check_and_select(tensors, model.state_dict(), weights_path)
+        tensors, origin = weights.to_model_names(tensors, cfg, weights_path, original=original)
+        tensors = weights.check_and_select(tensors, origin, model.state_dict(), weights_path)
         device = torch.device(device)
         state = {k: v.to(device=device, dtype=torch.float32, copy=True) for k, v in tensors.items()}
         model.load_state_dict(state, strict=True, assign=True)

@@ -124,7 +124,10 @@ def _fold_weight_norm(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torc
                 f"{path}: weight-norm magnitude {key}: expected shape {expected} (norm over dim {dim} "
                 f"of {tuple(v.shape)}), found {tuple(g.shape)}"
             )
-        out[base + ".weight"] = torch._weight_norm(v.float(), g.float(), dim)
+        # torch's own kernel, over dim 0: reducing over another dim gives results that vary with the thread
+        # count, and both formats of one checkpoint must load to identical tensors.
+        g0, v0 = (t.float().movedim(dim, 0).contiguous() for t in (g, v))
+        out[base + ".weight"] = torch._weight_norm(v0, g0, 0).movedim(0, dim).contiguous()
         folded.update((key, base + pairs[g_suffix]))
     for key, value in sd.items():
         if key in folded:
@@ -139,34 +142,43 @@ def _fold_weight_norm(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torc
 
 def to_model_names(
     tensors: dict[str, torch.Tensor], cfg: CodecConfig, path: Path, original: bool
-) -> dict[str, torch.Tensor]:
-    """Renamed (original format), weight-norm-folded tensors; quantiser layers beyond the config dropped."""
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Weight-norm-folded tensors under our names, and for each our name the name stored in the file.
+
+    Original format: renamed, and quantiser layers beyond ``n_q`` dropped (the reference ignores them).
+    """
+    folded = _fold_weight_norm(tensors, path)
     if original:
-        renamed = {_rename_original(k, len(cfg.encoder_ratios)): v for k, v in tensors.items()}
-        if len(renamed) != len(tensors):
+        origin = {_rename_original(k, len(cfg.encoder_ratios)): k for k in folded}
+        if len(origin) != len(folded):
             raise CheckpointError(f"{path}: two tensors map to the same name; the file is malformed")
-        # The reference loads the first n_q quantiser layers and ignores any others.
         extra = re.compile(r"^quantizer\.quantizers\.(\d+)\.")
-        tensors = {
-            k: v for k, v in renamed.items() if not ((m := extra.match(k)) and int(m[1]) >= cfg.num_codebooks)
-        }
-    for key, value in tensors.items():
-        if key.endswith("codebook.inited") and not bool(value.reshape(-1)[0]):
-            raise CheckpointError(f"{path}: {key} is 0: that codebook was never trained (initialised)")
-    return _fold_weight_norm(tensors, path)
+        origin = {k: o for k, o in origin.items() if not ((m := extra.match(k)) and int(m[1]) >= cfg.num_codebooks)}
+    else:
+        origin = {k: k for k in folded}
+    for key, stored in origin.items():
+        # An uninitialised codebook would make the reference run k-means on the input instead.
+        if key.endswith("codebook.inited") and not bool(folded[stored].reshape(-1)[0]):
+            raise CheckpointError(f"{path}: {stored} is 0: that codebook was never trained (initialised)")
+    return {k: folded[o] for k, o in origin.items()}, origin
 
 
 def check_and_select(
-    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path
+    tensors: dict[str, torch.Tensor], origin: dict[str, str], expected: dict[str, torch.Tensor], path: Path
 ) -> dict[str, torch.Tensor]:
     """Exactly the expected tensors, after strict name and shape checks; known unused tensors dropped."""
+
+    def name(key: str) -> str:
+        stored = origin.get(key, key)
+        return key if stored == key else f"{key} (stored as {stored})"
+
     missing = [k for k in expected if k not in tensors]
     if missing:
         raise CheckpointError(
-            f"{path}: {len(missing)} expected tensors are missing, e.g. {missing[:3]}; "
+            f"{path}: {len(missing)} expected tensors are missing, e.g. {missing[:3]} (transformers-port names); "
             "the file does not match its config.json"
         )
-    unexpected = [k for k in tensors if k not in expected and not _UNUSED.match(k)]
+    unexpected = [origin[k] for k in tensors if k not in expected and not _UNUSED.match(k)]
     if unexpected:
         raise CheckpointError(
             f"{path}: {len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}; "
@@ -175,8 +187,8 @@ def check_and_select(
     for key, want in expected.items():
         if tensors[key].shape != want.shape:
             raise CheckpointError(
-                f"{path}: tensor {key}: expected shape {tuple(want.shape)}, found {tuple(tensors[key].shape)}"
+                f"{path}: tensor {name(key)}: expected shape {tuple(want.shape)}, found {tuple(tensors[key].shape)}"
             )
         if not tensors[key].is_floating_point():
-            raise CheckpointError(f"{path}: tensor {key}: expected floating point, found {tensors[key].dtype}")
+            raise CheckpointError(f"{path}: tensor {name(key)}: expected floating point, found {tensors[key].dtype}")
     return {k: tensors[k] for k in expected}
