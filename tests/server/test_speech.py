@@ -1,0 +1,205 @@
+"""/v1/audio/speech and /v1/audio/generation through httpx and the official openai client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from openai import OpenAI
+
+from tests.server.audio_check import assert_audio, decode
+
+FORMATS = ["wav", "pcm", "flac", "mp3", "opus", "aac"]
+TEXT = "Hello there, this is a test."
+HOP = 960  # samples per audio frame at 24 kHz
+
+
+def openai_client(server) -> OpenAI:
+    return OpenAI(base_url=server.url + "/v1", api_key=server.api_key or "unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def reference(server) -> np.ndarray:
+    """The non-streamed PCM of TEXT with seed 7: every other format must hold these samples."""
+    with server.client() as c:
+        r = c.post("/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "seed": 7, "stream": False})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/pcm"
+    wave, _ = decode(r.content, "pcm")
+    assert len(wave) > 0 and len(wave) % HOP == 0, len(wave)
+    return wave
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_whole_file(server, reference, fmt):
+    response = openai_client(server).audio.speech.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format=fmt, extra_body={"seed": 7, "stream": False}
+    )
+    wave = assert_audio(response.content, fmt, len(reference))
+    if fmt in ("wav", "flac", "pcm"):  # lossless: the same samples
+        np.testing.assert_allclose(wave, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_streamed(server, reference, fmt):
+    client = openai_client(server)
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=TEXT, response_format=fmt, extra_body={"seed": 7}
+    ) as response:
+        assert response.headers.get("content-length") is None  # really streamed (chunked)
+        data = b"".join(response.iter_bytes())
+    wave = assert_audio(data, fmt, len(reference))
+    if fmt in ("wav", "flac", "pcm"):
+        np.testing.assert_allclose(wave, reference, atol=1e-3)
+
+
+def test_stream_sends_audio_before_the_end(server):
+    """With a long generation, the first bytes arrive well before the last."""
+    body = {"input": TEXT, "response_format": "pcm", "seed": 3, "stream": True}
+    with server.client() as c, c.stream("POST", "/v1/audio/speech", json=body) as r:
+        start = time.perf_counter()
+        arrivals = []
+        for chunk in r.iter_raw():
+            arrivals.append((time.perf_counter() - start, len(chunk)))
+    assert len(arrivals) >= 2, arrivals
+    first, last = arrivals[0][0], arrivals[-1][0]
+    assert first < last, arrivals
+
+
+def test_streamed_equals_whole_float_wav(server):
+    """Streamed and whole WAV of a longer utterance agree within 1e-3 (no clicks at chunk seams)."""
+    body = {"input": "A somewhat longer sentence to cross several chunks.", "response_format": "wav", "seed": 11}
+    with server.client() as c:
+        whole = c.post("/v1/audio/speech", json={**body, "stream": False})
+        streamed = c.post("/v1/audio/speech", json={**body, "stream": True})
+    a, _ = decode(whole.content, "wav")
+    b, _ = decode(streamed.content, "wav")
+    assert len(a) == len(b) > 10 * HOP
+    assert np.abs(a - b).max() <= 1e-3
+
+
+def test_sse_stream(server, reference):
+    body = {"input": TEXT, "response_format": "pcm", "seed": 7, "stream_format": "sse"}
+    with server.client() as c:
+        r = c.post("/v1/audio/speech", json=body)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert len(deltas) >= 2 and events[-1]["type"] == "speech.audio.done"
+    usage = events[-1]["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    np.testing.assert_allclose(decode(pcm, "pcm")[0], reference, atol=1e-3)
+
+
+def test_same_seed_same_audio_other_seed_other_audio(server, reference):
+    with server.client() as c:
+        same = c.post("/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "seed": 7, "stream": False})
+        other = c.post("/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "seed": 8, "stream": False})
+    np.testing.assert_array_equal(decode(same.content, "pcm")[0], reference)
+    b = decode(other.content, "pcm")[0]
+    assert len(b) != len(reference) or not np.allclose(b, reference, atol=1e-3)
+
+
+@pytest.mark.parametrize("speed", [0.5, 2.0])
+def test_speed_changes_duration(server, reference, speed):
+    for stream in (False, True):
+        body = {"input": TEXT, "response_format": "pcm", "seed": 7, "speed": speed, "stream": stream}
+        with server.client() as c:
+            r = c.post("/v1/audio/speech", json=body)
+        n = len(decode(r.content, "pcm")[0])
+        assert abs(n - len(reference) / speed) <= 0.05 * len(reference) / speed, (stream, n)
+
+
+def test_generation_route_with_a_profile_description(server):
+    with server.client() as c:
+        r = c.post("/v1/audio/generation", json={"text": TEXT, "voice_profile": "urgent", "seed": 1})
+        plain = c.post("/v1/audio/generation", json={"text": TEXT, "seed": 1})
+        named = c.post("/v1/audio/generation", json={"text": TEXT, "voice_profile": "male_en", "seed": 1})
+    for response in (r, plain, named):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "audio/wav"
+    wave = assert_audio(r.content, "wav", len(decode(r.content, "wav")[0]))
+    assert len(wave) > 0
+    # The profile is part of the prompt: a different speaker description changes the audio.
+    assert r.content != plain.content and named.content != plain.content
+
+
+def _sine_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="WAV")
+    return buffer.getvalue()
+
+
+def test_inline_reference_voice(server):
+    clip = base64.b64encode(_sine_wav()).decode()
+    body = {"input": TEXT, "response_format": "wav", "seed": 5, "stream": False,
+            "reference_audio": clip, "reference_text": "A low hum."}
+    with server.client() as c:
+        cloned = c.post("/v1/audio/speech", json=body)
+        data_uri = c.post("/v1/audio/speech", json={**body, "reference_audio": "data:audio/wav;base64," + clip})
+        plain = c.post("/v1/audio/speech", json={**body, "reference_audio": None, "reference_text": None})
+        missing_text = c.post("/v1/audio/speech", json={**body, "reference_text": None})
+        garbage = c.post("/v1/audio/speech", json={**body, "reference_audio": base64.b64encode(b"nope").decode()})
+    assert cloned.status_code == 200 and data_uri.content == cloned.content
+    assert cloned.content != plain.content
+    assert missing_text.status_code == 400 and missing_text.json()["error"]["param"] == "reference_text"
+    assert garbage.status_code == 400 and "audio" in garbage.json()["error"]["message"]
+
+
+def test_voice_library_routes(server):
+    with server.client() as c:
+        added = c.post("/v1/voices", data={"name": "hum", "transcript": "A low hum."},
+                       files={"file": ("hum.wav", _sine_wav(), "audio/wav")})
+        assert added.status_code == 201, added.text
+        assert added.json()["id"] == "hum"
+        assert (server.voices / "hum.wav").is_file() and (server.voices / "hum.txt").read_text().strip()
+        listed = {v["id"] for v in c.get("/v1/voices").json()["data"]}
+        assert {"hum", "profile:male_en"} <= listed
+        again = c.post("/v1/voices", data={"name": "hum", "transcript": "x"},
+                       files={"file": ("hum.wav", _sine_wav(), "audio/wav")})
+        assert again.status_code == 400 and "already exists" in again.json()["error"]["message"]
+        bad_name = c.post("/v1/voices", data={"name": "../evil", "transcript": "x"},
+                          files={"file": ("a.wav", _sine_wav(), "audio/wav")})
+        assert bad_name.status_code == 400
+        not_audio = c.post("/v1/voices", data={"name": "junk", "transcript": "x"},
+                           files={"file": ("junk.wav", b"not audio at all", "audio/wav")})
+        assert not_audio.status_code == 400 and not (server.voices / "junk.wav").exists()
+        profile = c.post("/v1/voices", data={"name": "calm", "description": "A calm, low voice."})
+        assert profile.status_code == 201 and profile.json()["id"] == "profile:calm"
+
+        body = {"input": TEXT, "response_format": "pcm", "seed": 5, "stream": False}
+        with_voice = c.post("/v1/audio/speech", json={**body, "voice": "hum"})
+        with_profile = c.post("/v1/audio/speech", json={**body, "voice": "profile:calm"})
+        without = c.post("/v1/audio/speech", json=body)
+        assert with_voice.status_code == with_profile.status_code == 200
+        assert with_voice.content != without.content and with_profile.content != without.content
+        unknown = c.post("/v1/audio/speech", json={**body, "voice": "nobody"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "voice"
+
+        assert c.delete("/v1/voices/hum").json()["deleted"] is True
+        assert c.delete("/v1/voices/profile:calm").status_code == 200
+        gone = c.delete("/v1/voices/hum")
+        assert gone.status_code == 404 and gone.json()["error"]["type"] == "not_found_error"
+        assert not (server.voices / "hum.wav").exists()
+
+
+def test_models_and_health(server):
+    with server.client() as c:
+        models = c.get("/v1/models").json()
+        health = c.get("/health").json()
+    assert models["data"][0]["id"] == "higgs-audio-v2"
+    assert openai_client(server).models.list().data[0].id == "higgs-audio-v2"
+    assert health["status"] == "ok" and health["max_batch"] == 8
+
+
+def test_web_page_is_served(server):
+    with server.client() as c:
+        r = c.get("/")
+    assert r.status_code == 200 and "/v1/audio/speech" in r.text
