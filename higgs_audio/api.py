@@ -64,12 +64,18 @@ class HiggsAudio:
         *,
         device: str = "auto",
         dtype: str | torch.dtype = "auto",
+        quantize: str | None = None,
         max_batch: int = 1,
         max_len: int = 4096,
     ) -> HiggsAudio:
+        """Load the generation model and the audio codec (hub ids or local directories).
+
+        ``dtype`` is the compute dtype (``auto``: bf16 on GPUs; on CPUs bf16 weights with fp32 compute);
+        ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized.
+        """
         from higgs_audio.codec.codec import AudioCodec
 
-        net, _, directory = load_model(model, device=device, dtype=dtype)
+        net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize)
         device = next(net.parameters()).device
         return cls(
             net,

@@ -128,6 +128,7 @@ class BatchDecoder:
     """Prefill and batched decode of up to ``max_batch`` streams of at most ``max_len`` positions each."""
 
     HISTORY = 64  # longest RAS window supported
+    KV_BUCKET = 256  # attention length granularity of the static (compiled) decode step
 
     def __init__(
         self,
@@ -135,7 +136,10 @@ class BatchDecoder:
         tokenizer: TextTokenizer,
         max_batch: int = 1,
         max_len: int = 4096,
+        compile: bool = False,
     ):
+        """``compile``: capture the decode step with torch.compile (CUDA graphs on CUDA). Shapes are then
+        kept static: every slot takes part in each step and attention spans whole ``KV_BUCKET`` blocks."""
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)
         param = next(model.parameters())
@@ -153,6 +157,11 @@ class BatchDecoder:
         self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
         self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
         self.streams: dict[int, _Stream] = {}
+        self.static = compile
+        self._decode = model
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._decode = torch.compile(model, mode=mode, dynamic=False)
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
 
     # -- joining --------------------------------------------------------------------------------
@@ -236,18 +245,19 @@ class BatchDecoder:
     def step(self) -> list[Event]:
         if not self.streams:
             return []
-        hi = max(self.streams) + 1
+        hi = self.max_batch if self.static else max(self.streams) + 1
         active = self.active[:hi]
         is_audio = self.next_audio[:hi]
         live_audio = is_audio[active]
         audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
         positions = self.pos[:hi, None]
-        kv_len = int(positions.max()) + 1
-        if kv_len > self.max_len:
-            raise RuntimeError("KV cache exhausted")  # add() and the length check below prevent this
+        kv_len = int(positions[active].max()) + 1
+        if self.static:  # a bounded number of captured shapes
+            kv_len = min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
+            positions = torch.where(active[:, None], positions, 0)
         cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
         x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
-        h = self.model(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
+        h = self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
 
         events, self._pending = self._pending, []
         audio_rows = (active & is_audio).nonzero()[:, 0]

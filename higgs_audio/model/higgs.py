@@ -87,6 +87,8 @@ class HiggsAudioModel(nn.Module):
         x = self.embed_tokens(ids).to(dtype)
         if audio is False:
             return x
+        if ids.shape[1] == 1:  # decode step: static shapes
+            return torch.where(audio[..., None], self.embed_audio(codes).to(dtype), x)
         x[audio] = self.embed_audio(codes[audio]).to(dtype)
         return x
 

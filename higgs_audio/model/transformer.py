@@ -137,6 +137,10 @@ def _by_position(x: torch.Tensor, audio: AudioSelect, text_fn, audio_fn) -> torc
         return text_fn(x)
     if audio is True:
         return audio_fn(x)
+    if x.shape[1] == 1:
+        # A decode step mixing text and audio streams: both paths on every row keeps shapes static
+        # (capturable in a CUDA graph); such steps are rare (a stream starting or ending its audio).
+        return torch.where(audio[..., None], audio_fn(x), text_fn(x))
     out = torch.empty_like(x)
     out[~audio] = text_fn(x[~audio])
     out[audio] = audio_fn(x[audio])

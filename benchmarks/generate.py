@@ -1,0 +1,248 @@
+"""Generation speed and memory: our engine against transformers' HiggsAudioV2 port, same weights, same run.
+
+Full-size random weights in the official shapes (bf16, ~11.5 GB) are written once into a cache dir.
+Each engine configuration runs in its own subprocess so peak memory is measured per configuration.
+
+    python benchmarks/generate.py                       # CPU: ours (auto, int8) vs the port
+    python benchmarks/generate.py --device cuda --configs bf16,int8,int4 --streams 1,16
+
+Reported per configuration: prefill seconds for a ~300-token voice-clone prompt, single-stream decode
+frames/s, aggregate frames/s at each batch size, time to first decodable audio frame, peak RSS / GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REF_FRAMES = 250  # a 10 s reference clip
+PROMPT = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nGenerate audio following instruction.\n\n"
+    "<|scene_desc_start|>\nAudio is recorded from a quiet room.\n<|scene_desc_end|><|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nThe reference speaker reads one calm sentence aloud.<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|><|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nAnd now the text to speak, a sentence of ordinary length.<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n<|audio_out_bos|>"
+)
+
+
+def write_weights(cache: Path) -> Path:
+    """Full-size random weights, native format, sharded per layer group; written once."""
+    from safetensors.torch import save_file
+
+    from tests.helpers.tiny_model import FULL, native_config, original_config, original_shapes, to_native_keys
+    from tests.helpers.text_tokenizer import write_text_tokenizer
+
+    target = cache / "generation-full-bf16"
+    if (target / "done").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    shapes = original_shapes(original_config(FULL))
+    groups: dict[str, dict] = {}
+    for name, shape in shapes.items():
+        group = name.split(".")[1] if name.startswith("layers.") else "rest"
+        groups.setdefault(group, {})[name] = shape
+    weight_map, g = {}, torch.Generator().manual_seed(0)
+    for i, (group, members) in enumerate(sorted(groups.items())):
+        tensors = {}
+        for name, shape in members.items():
+            scale = 1.0 if len(shape) == 1 or "embed" in name else shape[1] ** -0.5
+            base = 1.0 if len(shape) == 1 else 0.0
+            tensors[name] = (base + scale * torch.randn(shape, generator=g)).to(torch.bfloat16)
+        tensors = to_native_keys(tensors)
+        fname = f"model-{i:05d}.safetensors"
+        save_file(tensors, str(target / fname))
+        weight_map.update({k: fname for k in tensors})
+        print(f"  wrote shard {fname}", file=sys.stderr)
+    (target / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (target / "config.json").write_text(json.dumps(native_config(FULL)))
+    write_text_tokenizer(target)
+    (target / "done").touch()
+    return target
+
+
+def _prompt(tok):
+    ids = tok.encode(PROMPT)
+    ref = torch.randint(0, 1024, (8, REF_FRAMES), generator=torch.Generator().manual_seed(1))
+    return ids, ref
+
+
+def _peak_memory(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_ours(weights: Path, device: str, config: str, streams: list[int], frames: int) -> dict:
+    from higgs_audio.checkpoint import load_model
+    from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+    from higgs_audio.text_tokenizer import TextTokenizer
+
+    dtype, quantize = {"auto": ("auto", None), "bf16": ("bfloat16", None), "int8": ("auto", "int8"),
+                       "int4": ("auto", "int4")}[config]
+    t = time.perf_counter()
+    model, _, _ = load_model(weights, device=device, dtype=dtype, quantize=quantize)
+    load_s = time.perf_counter() - t
+    tok = TextTokenizer(weights)
+    ids, ref = _prompt(tok)
+    params = SamplingParams(temperature=0.7, top_k=50, top_p=0.95, seed=0, max_new_tokens=10**6)
+    out = {"load_s": load_s}
+    decoder = BatchDecoder(model, tok, max_batch=max(streams), max_len=len(ids) + REF_FRAMES + 9 + frames + 16)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    for n in sorted(set(streams)):
+        for slot in list(decoder.streams):
+            decoder.release(slot)
+        sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            decoder.add(Request(ids, [ref], params))
+        sync()
+        prefill = (time.perf_counter() - t) / n
+        first = None
+        produced, steps = 0, 0
+        decoder.step()  # warm-up step, not timed
+        sync()
+        t = time.perf_counter()
+        while steps < frames:
+            events = decoder.step()
+            steps += 1
+            produced += sum(e.kind == "audio" for e in events)
+            for e in events:  # keep the batch full: a finished stream is replaced at once
+                if e.kind == "done":
+                    decoder.add(Request(ids, [ref], params))
+            if first is None and steps >= 8:
+                sync()
+                first = time.perf_counter() - t
+        sync()
+        elapsed = time.perf_counter() - t
+        out[f"streams_{n}"] = {"frames_per_s": produced / elapsed, "prefill_s": prefill}
+        if n == 1:
+            out["prefill_s"] = prefill
+            out["decode_frames_per_s"] = produced / elapsed
+            out["first_frame_s"] = prefill + first + elapsed / steps  # prefill + 8 decode steps
+    out["peak_memory_gib"] = _peak_memory(device)
+    return out
+
+
+def run_port(weights: Path, device: str, frames: int) -> dict:
+    from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+
+    from higgs_audio.delay import add_delay_pattern
+    from higgs_audio.text_tokenizer import TextTokenizer
+
+    raw = json.loads((weights / "config.json").read_text())
+    t = time.perf_counter()
+    config = HiggsAudioV2Config(**{k: v for k, v in raw.items() if k != "model_type"})
+    model = HiggsAudioV2ForConditionalGeneration.from_pretrained(weights, config=config, dtype=torch.bfloat16)
+    model = model.to(device).eval()
+    for p in model.parameters():  # weights are mapped lazily: touch them before timing
+        p.data = p.data.clone()
+    load_s = time.perf_counter() - t
+    tok = TextTokenizer(weights)
+    ids, ref = _prompt(tok)
+    block = add_delay_pattern(ref, 1024, 1025)
+    at = ids.index(tok.token_id("<|AUDIO_OUT|>"))
+    ids = ids[:at] + [ids[at]] * block.shape[1] + ids[at + 1 :]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = model.model(
+            input_ids=torch.tensor([ids], device=device),
+            audio_input_ids=block.t()[None].to(device),
+            audio_input_ids_mask=torch.ones(1, block.shape[1], dtype=torch.bool, device=device),
+            use_cache=True,
+        )
+        logits = model.audio_lm_head(out.last_hidden_state[:, -1:])
+        sync()
+        prefill = time.perf_counter() - t
+        cache = out.past_key_values
+        column = torch.full((1, 1, 8), 1024, device=device)
+        times = []
+        for step in range(frames + 1):
+            t = time.perf_counter()
+            out = model.model(audio_input_ids=column, past_key_values=cache, use_cache=True)
+            logits = model.audio_lm_head(out.last_hidden_state).view(1, 1, 8, -1)
+            column = logits.argmax(-1).clamp(max=1023)
+            cache = out.past_key_values
+            sync()
+            if step:  # the first step warms up
+                times.append(time.perf_counter() - t)
+    decode = len(times) / sum(times)
+    return {"load_s": load_s, "prefill_s": prefill, "decode_frames_per_s": decode,
+            "first_frame_s": prefill + 8 / decode, "peak_memory_gib": _peak_memory(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("HIGGS_BENCH_CACHE", "~/.cache/higgs-audio-bench")).expanduser())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--configs", default="auto,int8", help="ours: auto, bf16, int8, int4 (comma-separated)")
+    parser.add_argument("--streams", default="1,4,16")
+    parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
+    parser.add_argument("--skip-port", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    streams = [int(s) for s in args.streams.split(",")]
+
+    if args.worker:  # inside a subprocess: run one configuration, print JSON
+        weights = args.cache_dir / "generation-full-bf16"
+        if args.worker == "port":
+            result = run_port(weights, args.device, args.frames)
+        else:
+            result = run_ours(weights, args.device, args.worker, streams, args.frames)
+        print(json.dumps(result))
+        return
+
+    write_weights(args.cache_dir)
+    configs = args.configs.split(",") + ([] if args.skip_port else ["port"])
+    results = {}
+    for config in configs:
+        print(f"running {config} ...", file=sys.stderr)
+        cmd = [sys.executable, __file__, "--worker", config, "--device", args.device, "--streams", args.streams,
+               "--frames", str(args.frames), "--cache-dir", str(args.cache_dir)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            results[config] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+            continue
+        results[config] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps(results[config]), file=sys.stderr)
+
+    print(f"\ndevice {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    port = results.get("port", {})
+    header = f"{'config':8} {'prefill s':>10} {'decode f/s':>11} {'first frame s':>14} {'peak GiB':>9}"
+    print(header + "".join(f" {f'{n} streams f/s':>15}" for n in streams))
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:8} error: {r['error']}")
+            continue
+        row = f"{name:8} {r['prefill_s']:10.2f} {r['decode_frames_per_s']:11.2f} {r['first_frame_s']:14.2f} {r['peak_memory_gib']:9.2f}"
+        row += "".join(f" {r[f'streams_{n}']['frames_per_s']:15.2f}" if f"streams_{n}" in r else f" {'-':>15}" for n in streams)
+        print(row)
+    if port and "error" not in port:
+        print("\nratios against the port (same run):")
+        for name, r in results.items():
+            if name == "port" or "error" in r:
+                continue
+            batch = "".join(
+                f", {n} streams x{r[f'streams_{n}']['frames_per_s'] / r['streams_1']['frames_per_s']:.2f} of 1 stream"
+                for n in streams if n != 1 and f"streams_{n}" in r and "streams_1" in r
+            )
+            print(f"  {name}: prefill x{port['prefill_s'] / r['prefill_s']:.2f} faster, "
+                  f"decode x{r['decode_frames_per_s'] / port['decode_frames_per_s']:.2f}{batch}")
+
+
+if __name__ == "__main__":
+    main()
