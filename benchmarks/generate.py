@@ -4,7 +4,7 @@ Full-size random weights in the official shapes (bf16, ~11.5 GB) are written onc
 Each engine configuration runs in its own subprocess so peak memory is measured per configuration.
 
     python benchmarks/generate.py                       # CPU: ours (auto, int8) vs the port
-    python benchmarks/generate.py --device cuda --configs bf16,int8,int4 --streams 1,16
+    python benchmarks/generate.py --device cuda --compile --configs bf16,int8,int4 --streams 1,16
 
 Reported per configuration: prefill seconds for a ~300-token voice-clone prompt, single-stream decode
 frames/s, aggregate frames/s at each batch size, time to first decodable audio frame, peak RSS / GPU memory.
@@ -84,7 +84,7 @@ def _peak_memory(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_ours(weights: Path, device: str, config: str, streams: list[int], frames: int) -> dict:
+def run_ours(weights: Path, device: str, config: str, streams: list[int], frames: int, compile: bool) -> dict:
     from higgs_audio.checkpoint import load_model
     from higgs_audio.engine import BatchDecoder, Request, SamplingParams
     from higgs_audio.text_tokenizer import TextTokenizer
@@ -98,12 +98,11 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
     ids, ref = _prompt(tok)
     params = SamplingParams(temperature=0.7, top_k=50, top_p=0.95, seed=0, max_new_tokens=10**6)
     out = {"load_s": load_s}
-    decoder = BatchDecoder(model, tok, max_batch=max(streams), max_len=len(ids) + REF_FRAMES + 9 + frames + 16)
+    max_len = len(ids) + REF_FRAMES + 9 + frames + 16
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     for n in sorted(set(streams)):
-        for slot in list(decoder.streams):
-            decoder.release(slot)
+        decoder = BatchDecoder(model, tok, max_batch=n, max_len=max_len, compile=compile)
         sync()
         t = time.perf_counter()
         for _ in range(n):
@@ -112,7 +111,8 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
         prefill = (time.perf_counter() - t) / n
         first = None
         produced, steps = 0, 0
-        decoder.step()  # warm-up step, not timed
+        for _ in range(3 if compile else 1):  # warm-up (and capture) steps, not timed
+            decoder.step()
         sync()
         t = time.perf_counter()
         while steps < frames:
@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--configs", default="auto,int8", help="ours: auto, bf16, int8, int4 (comma-separated)")
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on CUDA)")
     parser.add_argument("--skip-port", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,7 +202,7 @@ def main() -> None:
         if args.worker == "port":
             result = run_port(weights, args.device, args.frames)
         else:
-            result = run_ours(weights, args.device, args.worker, streams, args.frames)
+            result = run_ours(weights, args.device, args.worker, streams, args.frames, args.compile)
         print(json.dumps(result))
         return
 
@@ -211,7 +212,7 @@ def main() -> None:
     for config in configs:
         print(f"running {config} ...", file=sys.stderr)
         cmd = [sys.executable, __file__, "--worker", config, "--device", args.device, "--streams", args.streams,
-               "--frames", str(args.frames), "--cache-dir", str(args.cache_dir)]
+               "--frames", str(args.frames), "--cache-dir", str(args.cache_dir)] + (["--compile"] if args.compile else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
