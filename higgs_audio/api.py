@@ -183,8 +183,9 @@ class HiggsAudio:
         ``SamplingParams`` for temperature, top_k, top_p, seed, max_new_tokens, ras_window, ..."""
         return self.generate_batch([self.request(text, **kwargs)])[0]
 
-    def generate_batch(self, requests: Sequence[Request | dict]) -> list[GenerationResult]:
-        """Generate several requests, decoding up to ``max_batch`` of them together."""
+    def generate_batch(self, requests: Sequence[Request | dict], *, decode: bool = True) -> list[GenerationResult]:
+        """Generate several requests, decoding up to ``max_batch`` of them together. With ``decode=False``
+        the codes are not turned into audio (``audio`` is empty), for callers that decode them together."""
         reqs = [r if isinstance(r, Request) else self.request(**r) for r in requests]
         runs = [_Run(self, r) for r in reqs]
         with self._lock:
@@ -199,7 +200,7 @@ class HiggsAudio:
                     run.on_event(event)
                     if event.kind == "done":
                         del live[event.slot]
-        return [run.result() for run in runs]
+        return [run.result(decode) for run in runs]
 
     def stream(self, text: str | None = None, *, chunk_frames: int = 10, **kwargs) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks as soon as they can be decoded; the first one once the first frames
@@ -303,13 +304,13 @@ class _Run:
             self.t_end = time.perf_counter()
         return None
 
-    def result(self) -> GenerationResult:
+    def result(self, decode: bool = True) -> GenerationResult:
         api = self.api
         k = api.model.cfg.num_codebooks
         codes = torch.stack(self.codes, dim=1) if self.codes else torch.zeros(k, 0, dtype=torch.long)
         notes = []
         if codes.shape[1]:
-            audio = np.asarray(api.codec.decode(codes), dtype=np.float32)
+            audio = np.asarray(api.codec.decode(codes), dtype=np.float32) if decode else np.zeros(0, np.float32)
         else:
             audio = np.zeros(0, dtype=np.float32)
             notes.append("no audio generated: the model produced only text" if self.text_ids else "no audio generated")
