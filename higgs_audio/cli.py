@@ -1,0 +1,474 @@
+"""The ``higgs-audio`` command: ``speak`` (every task of the reference's examples/generation.py),
+``voices`` (the voice library) and ``scenes`` (the scene library).
+
+Everything that can be checked without the model (text, output path, voices, scene, option combinations)
+is checked before loading it, and every error is one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from higgs_audio.audio import FORMATS
+from higgs_audio.errors import AudioInputError, HiggsAudioError
+from higgs_audio.voices import VOICES_ENV, Voice, VoiceLibrary, did_you_mean
+
+DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # = checkpoint.DEFAULT_MODEL, without importing torch
+DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
+
+# The reference's examples/scene_prompts.
+SCENES = {
+    "quiet_indoor": "Audio is recorded from a quiet room.",
+    "reading_blog": (
+        "In this audio, the person is reading a blog post aloud. The content is informative and engaging, with "
+        "the speaker using a clear and fast, conversational tone to make the material feel more approachable and "
+        "the tone shifts slightly to emphasize key points. ensuring each section flows smoothly, as they guide "
+        "the listener through the post's main ideas."
+    ),
+}
+NO_SCENE = "none"
+CHUNK_METHODS = ("speaker", "word", "sentence", "paragraph")
+
+
+class UsageError(HiggsAudioError):
+    """Options that cannot be used together or are missing (exit code 2, like argparse's own errors)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage block
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# -- speak ---------------------------------------------------------------------------------------
+
+
+def _read_text(args) -> str:
+    if args.file is not None and args.text is not None:
+        raise UsageError("give the text either as an argument or with --file, not both")
+    if args.file is None and args.text is None:
+        raise UsageError("nothing to speak: give TEXT, '-' to read standard input, or --file PATH")
+    source = args.file if args.file is not None else args.text
+    if source == "-":
+        text = sys.stdin.read()
+    elif args.file is not None:
+        path = Path(args.file).expanduser()
+        if not path.is_file():
+            raise UsageError(f"text file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = source
+    if not text.strip():
+        raise UsageError("the text to speak is empty")
+    return text
+
+
+def _output(args) -> tuple[Path | None, str]:
+    """(path or None for stdout, format name); refuses to clobber before any work is done."""
+    if args.output == "-":
+        return None, args.format or "wav"
+    path = Path(args.output).expanduser()
+    fmt = args.format
+    if fmt is None:
+        ext = path.suffix.lower().lstrip(".")
+        fmt = "pcm" if ext == "raw" else ext
+        if fmt not in FORMATS:
+            raise UsageError(f"cannot tell the audio format from {path.name!r}: name it .wav, .flac, .mp3, .opus, "
+                             ".ogg or .pcm/.raw, or pass --format")
+    if path.exists() and not args.force:
+        raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    return path, fmt
+
+
+def _voice_specs(values: list[str]) -> dict[str, str] | list[str | None]:
+    """``--voice`` values -> a list (entry i is SPEAKERi; '' leaves a speaker to the model) or a
+    ``{"SPEAKERi": spec}`` mapping. ``a,b`` and repeated flags both list speakers in order; a
+    ``profile:`` value is never split (descriptions may contain commas)."""
+    keyed: dict[str, str] = {}
+    listed: list[str | None] = []
+    for value in values:
+        tag, sep, spec = value.partition("=")
+        if sep and tag.startswith("SPEAKER") and tag[7:].isdigit():
+            if tag in keyed:
+                raise UsageError(f"--voice gives {tag} twice")
+            keyed[tag] = spec
+        elif value.startswith("profile:"):
+            listed.append(value)
+        else:
+            listed += [v.strip() or None for v in value.split(",")]
+    if keyed and listed:
+        raise UsageError("use either --voice a,b (speakers in order) or --voice SPEAKER0=a --voice SPEAKER1=b, not both")
+    return keyed or listed
+
+
+def _is_path(spec: str) -> bool:
+    from higgs_audio.voices import AUDIO_SUFFIXES
+
+    path = Path(spec).expanduser()
+    return os.sep in spec or "/" in spec or path.suffix.lower() in AUDIO_SUFFIXES or path.exists()
+
+
+class _Clip:
+    """A voice to clone, checked but not yet encoded (encoding needs the codec)."""
+
+    def __init__(self, label: str, audio: Path, transcript: str | None):
+        self.label, self.audio, self.transcript = label, audio, transcript
+
+
+def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
+    """A ``VoiceProfile`` or a ``_Clip`` for one ``--voice`` value: a profile, an audio path or a library name."""
+    from higgs_audio.audio import read_audio
+
+    if spec.startswith("profile:"):
+        if ref_text is not None:
+            raise UsageError("--ref-text is the transcript of a reference clip; a profile has none")
+        return library.profile(spec[len("profile:"):])
+    if _is_path(spec):
+        audio = Path(spec).expanduser()
+        if not audio.is_file():
+            raise AudioInputError(f"voice audio file {audio} does not exist")
+        sidecar = audio.with_suffix(".txt")
+        transcript = ref_text or (sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None)
+        clip = _Clip(str(audio), audio, transcript or None)
+    else:
+        voice: Voice = library.find(spec)
+        if voice.is_profile:
+            raise UsageError(f"{spec!r} is a profile; use it as 'profile:{spec}'")
+        clip = _Clip(f"library voice {spec!r}", voice.audio, ref_text or voice.transcript)
+    read_audio(clip.audio)  # refuse unreadable audio before the model loads
+    return clip
+
+
+def _plan_voices(args, library: VoiceLibrary):
+    specs = _voice_specs(args.voice)
+    named = specs.values() if isinstance(specs, dict) else specs
+    if args.ref_text is not None and sum(s is not None for s in named) != 1:
+        raise UsageError("--ref-text needs exactly one --voice; with several, put each transcript in a .txt "
+                         "file next to its clip")
+    plan = {k: _plan_voice(v, library, args.ref_text) for k, v in specs.items()} if isinstance(specs, dict) else [
+        None if s is None else _plan_voice(s, library, args.ref_text) for s in specs]
+    voices = list(plan.values()) if isinstance(plan, dict) else plan
+    in_system = args.refs_in_system or any(v is not None and not isinstance(v, _Clip) for v in voices)
+    for v in voices:
+        if isinstance(v, _Clip) and v.transcript is None and not in_system:
+            raise UsageError(f"{v.label} has no transcript: pass --ref-text \"...\", put it in "
+                             f"{v.audio.with_suffix('.txt').name} next to the clip, or use --refs-in-system")
+    return plan or None
+
+
+def _encode_voices(plan, library: VoiceLibrary, codec):
+    from higgs_audio.prompt import VoiceRef
+
+    def encode(v):
+        return VoiceRef(library.encode(v.audio, codec), v.transcript) if isinstance(v, _Clip) else v
+
+    if isinstance(plan, dict):
+        return {k: encode(v) for k, v in plan.items()}
+    return None if plan is None else [None if v is None else encode(v) for v in plan]
+
+
+def _scene(value: str | None) -> str | None:
+    """A scene name, a text file, or the scene text itself; ``none`` for no scene."""
+    if value is None or value == NO_SCENE:
+        return None
+    if value in SCENES:
+        return SCENES[value]
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    if path.suffix == ".txt" or "/" in value:
+        raise UsageError(f"scene file {path} does not exist")
+    if " " not in value.strip():
+        raise UsageError(f"unknown scene {value!r}{did_you_mean(value, SCENES)} (see 'higgs-audio scenes'; "
+                         "a scene described in words needs more than one word)")
+    return value.strip()
+
+
+def _system(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else value
+
+
+def _sampling(args) -> dict:
+    names = ("temperature", "top_k", "top_p", "max_new_tokens", "ras_window", "ras_max_repeat")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _prompt_dumper(path: Path | None):
+    """A JSON-lines writer of each chunk's prompt (token ids and audio codes) for debugging."""
+    if path is None:
+        return None, None
+    handle = open(path, "w", encoding="utf-8")
+
+    def dump(index, text, seed, prompt):
+        audio = [{"output": a.is_output, "codes": a.codes.tolist()} for a in prompt.audio]
+        handle.write(json.dumps({"chunk": index, "seed": seed, "text": text, "ids": prompt.ids, "audio": audio}) + "\n")
+        handle.flush()
+
+    return dump, handle
+
+
+def cmd_speak(args, library: VoiceLibrary) -> int:
+    text = _read_text(args)
+    out, fmt = _output(args)
+    if args.chunk is None and (args.chunk_words is not None or args.chunk_turns is not None):
+        raise UsageError("--chunk-words and --chunk-turns need --chunk")
+    scene, system = _scene(args.scene), _system(args.system)
+    plan = _plan_voices(args, library)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+
+    from higgs_audio.api import HiggsAudio
+    from higgs_audio.audio import encode_audio, write_audio
+    from higgs_audio.longform import generate_longform
+
+    started = time.perf_counter()
+    api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
+                                     quantize=args.quantize, max_len=args.max_len)
+    api.voice_library = library
+    voices = _encode_voices(plan, library, api.codec)
+    dump, handle = _prompt_dumper(args.dump_prompts)
+    try:
+        result = generate_longform(
+            api, text, voices=voices, scene=scene, system=system, refs_in_system=args.refs_in_system,
+            chunk_method=args.chunk, max_words=args.chunk_words or 200, max_turns=args.chunk_turns or 1,
+            context_chunks=args.context_chunks, normalize=not args.no_normalize, seed=seed, on_prompt=dump,
+            progress=sys.stderr.isatty() and not args.quiet, **_sampling(args),
+        )
+    finally:
+        if handle is not None:
+            handle.close()
+    for note in result.warnings:
+        say(f"warning: {note}")
+    if not len(result.audio):
+        raise HiggsAudioError("the model produced no audio (try another --seed or a higher --max-new-tokens)")
+    if out is None:
+        sys.stdout.buffer.write(encode_audio(result.audio, result.sample_rate, fmt))
+        sys.stdout.buffer.flush()
+    else:
+        write_audio(out, result.audio, result.sample_rate, fmt, force=args.force)
+    seconds = len(result.audio) / result.sample_rate
+    chunks = f", {len(result.chunks)} chunks" if len(result.chunks) > 1 else ""
+    say(f"wrote {out or 'standard output'}: {seconds:.1f} s of audio{chunks}, seed {seed} "
+        f"({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+# -- voices and scenes -----------------------------------------------------------------------------
+
+
+def _short(text: str | None, width: int = 70) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def cmd_voices(args, library: VoiceLibrary) -> int:
+    if args.action == "list":
+        clips, profiles = library.entries()
+        print(f"# voice library: {os.pathsep.join(map(str, library.folders))}")
+        rows = [(n, v.kind, _short(v.transcript) or "(no transcript)") for n, v in sorted(clips.items())]
+        rows += [(f"profile:{n}", v.kind, _short(v.description)) for n, v in sorted(profiles.items())]
+        width = max(len(r[0]) for r in rows)
+        for name, kind, detail in rows:
+            print(f"{name:<{width}}  {kind:<7}  {detail}")
+    elif args.action == "show":
+        _show(library.find(args.name))
+    elif args.action == "add":
+        if (args.audio is None) == (args.profile is None):
+            raise UsageError("voices add needs either an AUDIO file (with --text) or --profile \"description\"")
+        if args.profile is not None:
+            if args.text is not None:
+                raise UsageError("--text is the transcript of a clip; a profile takes only --profile")
+            voice = library.add_profile(args.name, args.profile, force=args.force)
+            print(f"added profile:{voice.name} to {voice.source}")
+        else:
+            text = args.text
+            sidecar = Path(args.audio).expanduser().with_suffix(".txt")
+            if text is None and sidecar.is_file():
+                text = sidecar.read_text(encoding="utf-8")
+            if not text or not text.strip():
+                raise UsageError(f"voice {args.name!r} needs the words spoken in the clip: pass --text \"...\"")
+            voice = library.add(args.name, args.audio, text, force=args.force)
+            print(f"added {voice.name} ({voice.audio})")
+    else:
+        voice = library.remove(args.name)
+        print(f"removed {'profile:' if voice.is_profile else ''}{voice.name}")
+    return 0
+
+
+def _show(voice: Voice) -> None:
+    print(f"name: {voice.name}")
+    print(f"kind: {voice.kind}")
+    if voice.source is not None:
+        print(f"from: {voice.source}")
+    if voice.audio is not None:
+        import soundfile as sf
+
+        print(f"audio: {voice.audio}")
+        try:
+            info = sf.info(str(voice.audio))
+            print(f"length: {info.duration:.2f} s at {info.samplerate} Hz, {info.channels} channel(s)")
+        except (sf.LibsndfileError, RuntimeError):
+            print("length: unreadable audio file")
+        print(f"transcript: {voice.transcript or '(none)'}")
+    for label, value in (("description", voice.description), ("system prompt", voice.system_prompt)):
+        if value:
+            print(f"{label}: {value}")
+
+
+def cmd_scenes(args, library: VoiceLibrary) -> int:
+    if args.name is not None:
+        if args.name not in SCENES:
+            raise UsageError(f"unknown scene {args.name!r}{did_you_mean(args.name, SCENES)}")
+        print(SCENES[args.name])
+        return 0
+    width = max(map(len, SCENES))
+    for name, text in SCENES.items():
+        print(f"{name:<{width}}  {_short(text)}")
+    return 0
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+
+def _int_at_least(low: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
+        return n
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--voices-dir", action="append", metavar="DIR",
+                        help=f"voice library folder (repeat to search several; the first one is written to). "
+                             f"Default: ${VOICES_ENV} or the per-user data folder")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+    parser = _Parser(prog="higgs-audio", description="Expressive speech with Higgs Audio V2.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("speak", parents=[common], help="turn text into speech",
+                       description="Turn text into speech: smart voice, cloned voices, profiles, scenes, "
+                                   "several speakers and long texts in chunks.")
+    s.add_argument("text", nargs="?", metavar="TEXT", help="what to say ('-' reads standard input); "
+                   "[SPEAKER0], [SPEAKER1] ... tags mark the speakers of a dialogue")
+    s.add_argument("-f", "--file", metavar="PATH", help="read the text from a file")
+    s.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="audio file to write ('-' for standard output); its extension picks the format")
+    s.add_argument("--format", choices=list(FORMATS), help="audio format, overriding the extension (pcm: raw s16le)")
+    s.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    g = s.add_argument_group("voices")
+    g.add_argument("--voice", action="append", default=[], metavar="VOICE",
+                   help="a library voice name, an audio file to clone, or profile:NAME / profile:\"description\"; "
+                        "for several speakers 'a,b' or SPEAKER0=a --voice SPEAKER1=b. Without one the model "
+                        "picks a voice")
+    g.add_argument("--ref-text", metavar="TEXT", help="what is said in the --voice clip (default: the .txt next to it)")
+    g.add_argument("--refs-in-system", action="store_true",
+                   help="put the reference clips in the system message (no transcripts needed)")
+    g.add_argument("--scene", default="quiet_indoor", metavar="SCENE",
+                   help="a scene name (see 'higgs-audio scenes'), a text file, the scene described in words, "
+                        "or 'none' (default: quiet_indoor)")
+    g.add_argument("--system", metavar="TEXT", help="a custom system instruction (text or a file), e.g. for a "
+                   "simultaneous interpreter; the scene is still added")
+    g.add_argument("--no-normalize", action="store_true",
+                   help="speak the text as given (no punctuation, unit or sound-effect normalisation)")
+    g = s.add_argument_group("long texts")
+    g.add_argument("--chunk", choices=CHUNK_METHODS, help="generate the text in chunks: by speaker turn, "
+                   "word count, sentences or paragraphs")
+    g.add_argument("--chunk-words", type=_int_at_least(1), metavar="N", help="words per chunk (default 200)")
+    g.add_argument("--chunk-turns", type=_int_at_least(1), metavar="N",
+                   help="speaker turns per chunk with --chunk speaker (default 1)")
+    g.add_argument("--context-chunks", type=_int_at_least(0), default=2, metavar="N",
+                   help="previous chunks each chunk hears, to keep the voice steady (default 2)")
+    g = s.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
+    g.add_argument("--top-k", type=_int_at_least(0), help="default 50; 0 = off")
+    g.add_argument("--top-p", type=float, help="default 0.95")
+    g.add_argument("--seed", type=_int_at_least(0), help="seed for reproducible output (default: random, printed)")
+    g.add_argument("--max-new-tokens", type=_int_at_least(1), metavar="N",
+                   help="steps per chunk, 25 per second of audio (default 2048)")
+    g.add_argument("--ras-window", type=_int_at_least(0), metavar="N",
+                   help="repetition-aware sampling window in frames (default 7; 0 = off)")
+    g.add_argument("--ras-max-repeat", type=_int_at_least(1), metavar="N", help="default 2")
+    g = s.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or folder (default {DEFAULT_MODEL})")
+    g.add_argument("--codec", default=DEFAULT_CODEC, help=f"audio tokenizer hub id or folder (default {DEFAULT_CODEC})")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
+    g.add_argument("--quantize", choices=("int8", "int4"), help="store the model's linear weights quantized "
+                   "(less memory, faster decoding on small GPUs and CPUs)")
+    g.add_argument("--max-len", type=_int_at_least(16), default=4096, metavar="N",
+                   help="positions in the model's cache: prompt plus generated steps (default 4096)")
+    s.add_argument("--dump-prompts", type=Path, metavar="FILE",
+                   help="write each chunk's prompt (token ids and audio codes) as JSON lines, for debugging")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    s.set_defaults(run=cmd_speak)
+
+    v = sub.add_parser("voices", help="list, add, remove or show library voices")
+    actions = v.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("list", parents=[common], help="list voices and profiles")
+    p = actions.add_parser("show", parents=[common], help="show one voice")
+    p.add_argument("name", help="voice name, or profile:NAME")
+    p = actions.add_parser("add", parents=[common], help="add a clip (AUDIO --text) or a profile (--profile)")
+    p.add_argument("name", help="letters, digits, '_' or '-'")
+    p.add_argument("audio", nargs="?", help="audio file of the voice (a few seconds of clean speech)")
+    p.add_argument("--text", help="what is said in the clip (default: the .txt next to it)")
+    p.add_argument("--profile", metavar="DESCRIPTION", help="describe the voice in words instead of a clip")
+    p.add_argument("--force", action="store_true", help="replace a voice of the same name")
+    p = actions.add_parser("remove", parents=[common], help="delete a voice (or profile:NAME)")
+    p.add_argument("name")
+    v.set_defaults(run=cmd_voices)
+
+    c = sub.add_parser("scenes", parents=[common], help="list the built-in scenes, or print one")
+    c.add_argument("name", nargs="?")
+    c.set_defaults(run=cmd_scenes)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        library = VoiceLibrary(args.voices_dir)
+        if not debug:
+            warnings.simplefilter("ignore")  # what matters reaches the user as one-line notes
+        return args.run(args, library)
+    except KeyboardInterrupt:
+        print("higgs-audio: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, UsageError):
+            code, message = 2, _one_line(e)
+        elif isinstance(e, (HiggsAudioError, ValueError, OSError)):
+            code, message = 1, _one_line(e)
+        else:
+            code, message = 1, f"internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for details)"
+        print(f"higgs-audio: error: {message}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""The voice library: named reference clips and text profiles kept in plain folders, with cached codes.
+
+A library folder may hold, in any mix (so the reference's folders can be used as they are):
+- ``NAME.wav`` (or .flac/.mp3/.ogg/.opus) + ``NAME.txt``: a clip and its transcript (the reference's
+  ``examples/voice_prompts`` layout);
+- ``profile.yaml`` with ``profiles: {NAME: description}``: voices described in words, used as ``profile:NAME``;
+- ``config.json`` with ``{NAME: {"transcript": ..., "audio_file": ..., "system_prompt": ...}}``: the vLLM
+  server's voice presets (``audio_file`` relative to the folder).
+
+Several folders can be searched (earlier ones win); new voices are added to the first. Encoded codes are
+cached in a separate per-user folder, keyed by the audio file's content hash and the codec's fingerprint,
+so a clip is encoded once per codec however often it is used. Nothing here imports torch until a clip is
+encoded, which keeps ``higgs-audio voices`` quick.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from higgs_audio.errors import AudioInputError, HiggsAudioError
+
+VOICES_ENV = "HIGGS_AUDIO_VOICES"  # library folders, separated by os.pathsep; the first one is written to
+CACHE_ENV = "HIGGS_AUDIO_CACHE"  # folder for cached reference codes
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+PROFILES_FILE = "profile.yaml"
+PRESETS_FILE = "config.json"
+
+# The reference's examples/voice_prompts/profile.yaml (texts as quoted by public copies of that file).
+BUILTIN_PROFILES = {
+    "male_en": "Male, American accent, modern speaking rate, moderate-pitch, friendly tone, and very clear audio.",
+    "female_en_story": (
+        "She speaks with a calm, gentle, and informative tone at a measured pace, with excellent articulation "
+        "and very clear audio. She naturally brings storytelling to life with an articulate, genuine, and "
+        "personable vocal style."
+    ),
+    "male_en_british": (
+        "He speaks with a clear British accent and a conversational, inquisitive tone. His delivery is "
+        "articulate and at a moderate pace, and very clear audio."
+    ),
+    "female_en_british": (
+        "A female voice with a clear British accent speaking at a modern rate with a moderate-pitch in an "
+        "expressive and friendly tone and very clear audio."
+    ),
+}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+class VoiceError(HiggsAudioError, ValueError):
+    """A voice name is unknown, invalid or taken, or a library file is malformed."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One library entry. ``kind``: "clip" (audio + transcript file), "preset" (vLLM config.json entry),
+    "profile" (a description) or "builtin" (a built-in profile)."""
+
+    name: str
+    kind: str
+    source: Path | None  # the folder (clip, preset) or file (profile) it was read from
+    audio: Path | None = None
+    transcript: str | None = None
+    description: str | None = None
+    system_prompt: str | None = None
+
+    @property
+    def is_profile(self) -> bool:
+        return self.kind in ("profile", "builtin")
+
+
+def _platform_dir(kind: str) -> Path:
+    """The per-user folder for "data" or "cache", following each platform's convention."""
+    home = Path.home()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA" if kind == "cache" else "APPDATA") or home / "AppData" / "Local"
+        return Path(base) / "higgs-audio"
+    if sys.platform == "darwin":
+        return home / "Library" / ("Caches" if kind == "cache" else "Application Support") / "higgs-audio"
+    xdg = os.environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_DATA_HOME")
+    return Path(xdg or home / (".cache" if kind == "cache" else ".local/share")) / "higgs-audio"
+
+
+def default_folders() -> list[Path]:
+    """``$HIGGS_AUDIO_VOICES`` (one or more folders), else the per-user data folder's ``voices``."""
+    env = os.environ.get(VOICES_ENV)
+    if env:
+        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return [_platform_dir("data") / "voices"]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else _platform_dir("cache") / "codes"
+
+
+def check_name(name: str) -> str:
+    """A voice name is 1-64 letters, digits, '_' or '-', starting with a letter or digit: it becomes a file
+    name, so it may not hold path separators, dots or spaces."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise VoiceError(
+            f"invalid voice name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def codec_fingerprint(codec) -> str:
+    """A short id of a codec's settings and weights: a strided sample of every tensor (up to 1024 values
+    each), so two different checkpoints never share cached codes while hashing stays fast for big ones."""
+    h = hashlib.sha256(repr((codec.config, str(codec.dtype))).encode())
+    for name, tensor in sorted(codec.model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_profiles(path: Path) -> dict[str, str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise VoiceError(f"{path} is not a readable YAML file: {' '.join(str(e).split())}") from None
+    profiles = data.get("profiles", {}) if isinstance(data, dict) else None
+    if not isinstance(profiles, dict) or not all(isinstance(v, str) for v in profiles.values()):
+        raise VoiceError(f"{path} must hold 'profiles:' mapping each name to a description")
+    return {str(k): v.strip() for k, v in profiles.items()}
+
+
+def _read_presets(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VoiceError(f"{path} is not a readable JSON file: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("audio_file"), str) for v in data.values()
+    ):
+        raise VoiceError(f"{path} must map each voice name to {{\"audio_file\": ..., \"transcript\": ...}}")
+    return data
+
+
+def _scan(folder: Path) -> list[Voice]:
+    """The entries of one folder: presets, then clips (audio files a preset already uses are not clips),
+    then profiles."""
+    found: list[Voice] = []
+    if not folder.is_dir():
+        return found
+    used: set[Path] = set()
+    presets = folder / PRESETS_FILE
+    if presets.is_file():
+        for name, entry in _read_presets(presets).items():
+            audio = (folder / entry["audio_file"]).resolve()
+            used.add(audio)
+            found.append(Voice(name, "preset", folder, audio, (entry.get("transcript") or "").strip() or None,
+                               system_prompt=entry.get("system_prompt")))
+    for audio in sorted(folder.iterdir()):
+        if audio.suffix.lower() in AUDIO_SUFFIXES and audio.is_file() and audio.resolve() not in used:
+            text = audio.with_suffix(".txt")
+            transcript = text.read_text(encoding="utf-8").strip() if text.is_file() else None
+            found.append(Voice(audio.stem, "clip", folder, audio, transcript or None))
+    profiles = folder / PROFILES_FILE
+    if profiles.is_file():
+        found += [Voice(n, "profile", profiles, description=d) for n, d in _read_profiles(profiles).items()]
+    return found
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+class VoiceLibrary:
+    """Voices by name. ``folders``: where to look (default ``default_folders()``); the first one is where
+    ``add`` writes. ``cache_dir``: where encoded codes are kept (default ``default_cache_dir()``)."""
+
+    def __init__(self, folders: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        if folders is None:
+            folders = default_folders()
+        elif isinstance(folders, (str, os.PathLike)):
+            folders = [folders]
+        self.folders = [Path(f).expanduser() for f in folders]
+        if not self.folders:
+            raise VoiceError("a voice library needs at least one folder")
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self._fingerprints: dict[int, str] = {}
+
+    @property
+    def home(self) -> Path:
+        return self.folders[0]
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def entries(self) -> tuple[dict[str, Voice], dict[str, Voice]]:
+        """(voices with audio, profiles), each by name; earlier folders win, built-in profiles come last."""
+        clips: dict[str, Voice] = {}
+        profiles: dict[str, Voice] = {}
+        for folder in self.folders:
+            for v in _scan(folder):
+                (profiles if v.is_profile else clips).setdefault(v.name, v)
+        for name, text in BUILTIN_PROFILES.items():
+            profiles.setdefault(name, Voice(name, "builtin", None, description=text))
+        return clips, profiles
+
+    def find(self, name: str) -> Voice:
+        """The entry called ``name`` (``profile:NAME`` for a profile)."""
+        clips, profiles = self.entries()
+        if name.startswith("profile:"):
+            key = name[len("profile:"):]
+            if key in profiles:
+                return profiles[key]
+            raise VoiceError(f"unknown voice profile {key!r}{did_you_mean(key, profiles)}"
+                             " (see 'higgs-audio voices list')")
+        if name in clips:
+            return clips[name]
+        raise VoiceError(f"unknown voice {name!r}{did_you_mean(name, list(clips) + [f'profile:{p}' for p in profiles])}"
+                         " (see 'higgs-audio voices list', or give a path to an audio file)")
+
+    def get(self, name: str, codec):
+        """A library voice as a ``VoiceRef`` (codes from the cache, encoded on first use)."""
+        from higgs_audio.prompt import VoiceRef
+
+        voice = self.find(name)
+        if voice.is_profile:
+            raise VoiceError(f"{name!r} is a profile; use it as 'profile:{name}'")
+        return VoiceRef(self.encode(voice.audio, codec), voice.transcript)
+
+    def profile(self, name: str):
+        """A ``VoiceProfile`` from a profile name, or from free text (anything that is not a voice name)."""
+        from higgs_audio.prompt import VoiceProfile
+
+        name = name.strip().strip('"').strip()
+        if not _NAME.fullmatch(name):
+            if not name:
+                raise VoiceError("'profile:' needs a profile name or a description of the voice")
+            return VoiceProfile(name)
+        return VoiceProfile(self.find(f"profile:{name}").description)
+
+    def encode(self, audio: str | os.PathLike, codec):
+        """Codes (K, T) of an audio file, from the cache when this file was encoded by this codec before."""
+        import torch
+
+        from higgs_audio.audio import read_audio
+
+        audio = Path(audio).expanduser()
+        if not audio.is_file():
+            raise AudioInputError(f"audio file {audio} does not exist")
+        fingerprint = self._fingerprints.get(id(codec))
+        if fingerprint is None:
+            fingerprint = self._fingerprints[id(codec)] = codec_fingerprint(codec)
+        cached = self.cache_dir / f"{file_digest(audio)}-{fingerprint}.npy"
+        if cached.is_file():
+            try:
+                return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.int64))
+            except (OSError, ValueError):
+                cached.unlink(missing_ok=True)  # a damaged cache entry is re-made below
+        wave, rate = read_audio(audio)
+        codes = codec.encode(wave, rate)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, codes.cpu().numpy().astype(np.int16), allow_pickle=False)
+        _atomic_write(cached, buffer.getvalue())
+        return codes
+
+    # -- changing -------------------------------------------------------------------------------
+
+    def add(self, name: str, audio: str | os.PathLike, transcript: str, *, force: bool = False) -> Voice:
+        """Copy ``audio`` into the library as ``NAME<suffix>`` with ``NAME.txt``; replace only with ``force``."""
+        from higgs_audio.audio import read_audio
+
+        check_name(name)
+        audio = Path(audio).expanduser()
+        if audio.suffix.lower() not in AUDIO_SUFFIXES:
+            raise AudioInputError(f"{audio}: use an audio file ending in {', '.join(AUDIO_SUFFIXES)}")
+        read_audio(audio)  # refuse unreadable audio now rather than at the first use
+        transcript = " ".join(transcript.split()) if transcript else ""
+        if not transcript:
+            raise VoiceError(f"voice {name!r} needs the words spoken in the clip: pass --text")
+        existing = self._taken(name)
+        if existing and not force:
+            raise VoiceError(f"voice {name!r} already exists in {existing}; pass --force to replace it")
+        self.home.mkdir(parents=True, exist_ok=True)
+        if existing:
+            self._delete_clip(name)
+        target = self.home / f"{name}{audio.suffix.lower()}"
+        _atomic_write(target, audio.read_bytes())
+        _atomic_write(self.home / f"{name}.txt", (transcript + "\n").encode("utf-8"))
+        return Voice(name, "clip", self.home, target, transcript)
+
+    def add_profile(self, name: str, description: str, *, force: bool = False) -> Voice:
+        """Add ``name: description`` to the first folder's ``profile.yaml``."""
+        import yaml
+
+        check_name(name)
+        description = " ".join(description.split())
+        if not description:
+            raise VoiceError(f"profile {name!r} needs a description")
+        path = self.home / PROFILES_FILE
+        profiles = _read_profiles(path) if path.is_file() else {}
+        if name in profiles and not force:
+            raise VoiceError(f"profile {name!r} already exists in {path}; pass --force to replace it")
+        profiles[name] = description
+        self.home.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, yaml.safe_dump({"profiles": profiles}, allow_unicode=True, width=1 << 16).encode())
+        return Voice(name, "profile", path, description=description)
+
+    def remove(self, name: str) -> Voice:
+        """Delete a clip (its audio and transcript), a preset entry or a profile (``profile:NAME``)."""
+        import yaml
+
+        voice = self.find(name)
+        if voice.kind == "builtin":
+            raise VoiceError(f"profile {voice.name!r} is built in and cannot be removed")
+        if voice.kind == "profile":
+            profiles = _read_profiles(voice.source)
+            del profiles[voice.name]
+            _atomic_write(voice.source, yaml.safe_dump({"profiles": profiles}, allow_unicode=True,
+                                                       width=1 << 16).encode())
+        elif voice.kind == "preset":
+            self._delete_preset(voice.source, voice.name)
+        else:
+            voice.audio.unlink()
+            voice.audio.with_suffix(".txt").unlink(missing_ok=True)
+        return voice
+
+    def _taken(self, name: str) -> Path | None:
+        """The first folder's entry for ``name`` (clip or preset), if any: adding there would replace it."""
+        for v in _scan(self.home):
+            if v.name == name and not v.is_profile:
+                return v.audio
+        return None
+
+    def _delete_clip(self, name: str) -> None:
+        if (self.home / PRESETS_FILE).is_file() and name in _read_presets(self.home / PRESETS_FILE):
+            self._delete_preset(self.home, name)
+        for suffix in (*AUDIO_SUFFIXES, ".txt"):
+            (self.home / f"{name}{suffix}").unlink(missing_ok=True)
+
+    @staticmethod
+    def _delete_preset(folder: Path, name: str) -> None:
+        """Drop the entry and its audio file (which would otherwise reappear as a clip of the same name),
+        unless another preset uses that file too."""
+        path = folder / PRESETS_FILE
+        presets = _read_presets(path)
+        audio = (folder / presets.pop(name)["audio_file"]).resolve()
+        _atomic_write(path, (json.dumps(presets, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        shared = any((folder / p["audio_file"]).resolve() == audio for p in presets.values())
+        if not shared and audio.parent == folder.resolve():  # never delete files outside the folder
+            audio.unlink(missing_ok=True)
+

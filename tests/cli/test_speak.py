@@ -1,0 +1,180 @@
+"""``higgs-audio speak`` end to end in a subprocess against the tiny checkpoints: every voice mode, every chunk
+method and every output format, with the prompts checked token by token through ``--dump-prompts``."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from higgs_audio.audio import read_audio
+from higgs_audio.cli import SCENES
+from higgs_audio.text_tokenizer import TextTokenizer
+from higgs_audio.voices import BUILTIN_PROFILES
+
+RATE, HOP = 24000, 960
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_original):
+    return TextTokenizer(tiny_original)
+
+
+@pytest.fixture(scope="module")
+def encode(tiny_codec):
+    """Codes of a clip as an independent encoder in this process sees them."""
+    from higgs_audio.codec import AudioCodec
+
+    codec = AudioCodec.from_pretrained(tiny_codec)
+    return lambda path: codec.encode(*read_audio(path)).tolist()
+
+
+def prompts(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def turns(ids, tok):
+    """[(role, text of the turn with special tokens)] in prompt order; the last is the generation prompt."""
+    start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
+    heads = [i for i, t in enumerate(ids) if t == start]
+    out = []
+    for n, h in enumerate(heads):
+        e = ids.index(end, h)
+        out.append((tok.decode(ids[h + 1 : e]), tok.decode(ids[e + 1 : heads[n + 1] if n + 1 < len(heads) else None])))
+    return out
+
+
+def check_file(path, container, subtype=None):
+    info = sf.info(str(path))
+    assert (info.format, info.samplerate) == (container, RATE) and info.frames > 0
+    if subtype:
+        assert info.subtype == subtype
+    return info
+
+
+def test_smart_voice_wav(cli, tmp_path, tok):
+    out, dump = tmp_path / "smart.wav", tmp_path / "p.jsonl"
+    cli.speak("Hello there, this is a smart voice", "-o", out, "--dump-prompts", dump)
+    info = check_file(out, "WAV", "PCM_16")
+    assert info.frames % HOP == 0
+    [p] = prompts(dump)
+    assert p["seed"] == 3 and p["audio"] == [] and p["text"] == "Hello there, this is a smart voice."
+    assert [r for r, _ in turns(p["ids"], tok)] == ["system", "user", "assistant"]
+    system = turns(p["ids"], tok)[0][1]
+    assert system == ("\n\nGenerate audio following instruction.\n\n<|scene_desc_start|>\n"
+                      f"{SCENES['quiet_indoor']}\n<|scene_desc_end|><|eot_id|>")
+    assert p["ids"][-1] == tok.token_id("<|audio_out_bos|>")
+
+
+def test_clone_from_file_flac(cli, tmp_path, clips, tok, encode):
+    out, dump = tmp_path / "clone.flac", tmp_path / "p.jsonl"
+    cli.speak("Say it like the reference.", "-o", out, "--voice", clips.a, "--scene", "none", "--dump-prompts", dump)
+    check_file(out, "FLAC")
+    [p] = prompts(dump)
+    t = turns(p["ids"], tok)
+    assert [r for r, _ in t] == ["user", "assistant", "user", "assistant"]
+    assert t[0][1] == f"\n\n{clips.text_a}<|eot_id|>"  # transcript from the sidecar .txt
+    assert t[1][1] == "\n\n<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|><|eot_id|>"
+    assert [a["output"] for a in p["audio"]] == [True] and p["audio"][0]["codes"] == encode(clips.a)
+
+
+def test_library_voice_mp3_and_voices_commands(cli, tmp_path, clips, tok, encode):
+    lib = {"HIGGS_AUDIO_VOICES": str(tmp_path / "lib")}
+    added = cli.run("voices", "add", "narrator", clips.a, "--text", "Words of  the narrator.", env=lib)
+    assert b"added narrator" in added.stdout
+    out, dump = tmp_path / "lib.mp3", tmp_path / "p.jsonl"
+    cli.speak("A library voice speaks.", "-o", out, "--voice", "narrator", "--scene", "none", "--dump-prompts", dump,
+              env=lib)
+    check_file(out, "MP3")
+    [p] = prompts(dump)
+    assert turns(p["ids"], tok)[0][1] == "\n\nWords of the narrator.<|eot_id|>"
+    assert p["audio"][0]["codes"] == encode(tmp_path / "lib" / "narrator.wav")
+    listing = cli.run("voices", "list", env=lib).stdout.decode()
+    assert "narrator" in listing and "profile:female_en_story" in listing
+    shown = cli.run("voices", "show", "narrator", env=lib).stdout.decode()
+    assert "transcript: Words of the narrator." in shown and "1.50 s at 22050 Hz" in shown
+    assert cli.run("voices", "remove", "narrator", env=lib).stdout == b"removed narrator\n"
+    assert "narrator" not in cli.run("voices", "list", env=lib).stdout.decode()
+
+
+def test_profiles_named_and_free_text_ogg(cli, tmp_path, tok):
+    out, dump = tmp_path / "profile.ogg", tmp_path / "p.jsonl"
+    text = "[SPEAKER0] Good morning.\n[SPEAKER1] Morning to you."
+    cli.speak(text, "-o", out, "--voice", "profile:female_en_british", "--voice", 'profile:"a calm, deep voice"',
+              "--scene", "none", "--dump-prompts", dump)
+    check_file(out, "OGG", "VORBIS")
+    [p] = prompts(dump)
+    system = turns(p["ids"], tok)[0][1]
+    assert f"SPEAKER0: {BUILTIN_PROFILES['female_en_british']}\nSPEAKER1: a calm, deep voice\n" in system
+    assert p["audio"] == []
+
+
+def test_scene_and_sentence_chunks_opus(cli, tmp_path, tok):
+    out, dump = tmp_path / "scene.opus", tmp_path / "p.jsonl"
+    text = "The sun rose early. Birds began to sing. We walked down to the river."
+    cli.speak(text, "-o", out, "--scene", "reading_blog", "--chunk", "sentence", "--chunk-words", "6",
+              "--dump-prompts", dump)
+    check_file(out, "OGG", "OPUS")
+    ps = prompts(dump)
+    assert [p["text"] for p in ps] == ["The sun rose early.", "Birds began to sing.", "We walked down to the river."]
+    for i, p in enumerate(ps):
+        assert SCENES["reading_blog"] in turns(p["ids"], tok)[0][1]
+        assert len(p["audio"]) == min(i, 2)  # earlier chunks carried as context (default 2)
+    seeds = [p["seed"] for p in ps]
+    assert seeds[0] == 3 and len(set(seeds)) == 3
+
+
+def test_two_speakers_with_references_speaker_chunks_pcm(cli, tmp_path, clips, tok, encode):
+    """Every chunk's prompt binds each speaker's transcript turn to that speaker's own clip."""
+    out, dump = tmp_path / "dialog.pcm", tmp_path / "p.jsonl"
+    text = "[SPEAKER0] I brought the map.\n[SPEAKER1] Then lead the way.\n[SPEAKER0] Follow me, quickly."
+    cli.speak(text, "-o", out, "--voice", f"{clips.a},{clips.b}", "--chunk", "speaker", "--context-chunks", "1",
+              "--scene", "none", "--dump-prompts", dump)
+    raw = out.read_bytes()
+    assert raw[:4] not in (b"RIFF", b"fLaC", b"OggS") and len(raw) > 0 and len(raw) % (2 * HOP) == 0
+    ps = prompts(dump)
+    assert [p["text"] for p in ps] == text.split("\n")
+    codes_a, codes_b = encode(clips.a), encode(clips.b)
+    for i, p in enumerate(ps):
+        t = turns(p["ids"], tok)
+        assert t[0] == ("user", f"\n\n[SPEAKER0] {clips.text_a}<|eot_id|>")
+        assert t[2] == ("user", f"\n\n[SPEAKER1] {clips.text_b}<|eot_id|>")
+        assert t[1][1].count("<|AUDIO_OUT|>") == t[3][1].count("<|AUDIO_OUT|>") == 1
+        # placeholders bind in order: the first follows SPEAKER0's turn, the second SPEAKER1's
+        assert p["audio"][0]["codes"] == codes_a and p["audio"][1]["codes"] == codes_b
+        assert all(a["output"] for a in p["audio"])
+        carried = p["audio"][2:]
+        assert len(carried) == min(i, 1)
+        if carried:
+            assert t[4] == ("user", f"\n\n{ps[i - 1]['text']}<|eot_id|>") and len(carried[0]["codes"][0]) > 0
+        assert t[-2] == ("user", f"\n\n{p['text']}<|eot_id|>")
+
+
+def test_refs_in_system_word_chunks_from_file(cli, tmp_path, clips, tok, encode):
+    out, dump, source = tmp_path / "sys.wav", tmp_path / "p.jsonl", tmp_path / "text.txt"
+    source.write_text("one two three four five six seven\n")
+    cli.speak("--file", source, "-o", out, "--voice", f"{clips.a},{clips.bare}", "--refs-in-system",
+              "--chunk", "word", "--chunk-words", "4", "--context-chunks", "0", "--dump-prompts", dump)
+    check_file(out, "WAV")
+    ps = prompts(dump)
+    assert [p["text"] for p in ps] == ["one two three four", "five six seven.\n\n"]
+    for p in ps:
+        t = turns(p["ids"], tok)
+        assert [r for r, _ in t] == ["system", "user", "assistant"]  # no transcript turns
+        assert "SPEAKER0: <|audio_bos|><|AUDIO|><|audio_eos|>\nSPEAKER1: <|audio_bos|><|AUDIO|><|audio_eos|>" in t[0][1]
+        assert [a["output"] for a in p["audio"]] == [False, False]
+        assert p["audio"][0]["codes"] == encode(clips.a) and p["audio"][1]["codes"] == encode(clips.bare)
+
+
+def test_paragraph_chunks_stdin_to_stdout(cli, tmp_path):
+    dump = tmp_path / "p.jsonl"
+    text = "First paragraph here.\n\nSecond  paragraph follows.\n\nThird one ends it"
+    proc = cli.speak("-", "-o", "-", "--chunk", "paragraph", "--chunk-words", "4", "--dump-prompts", dump,
+                     stdin=text.encode())
+    wave, rate = sf.read(io.BytesIO(proc.stdout))
+    assert proc.stdout[:4] == b"RIFF" and rate == RATE and len(wave) > 0 and np.isfinite(wave).all()
+    assert [p["text"] for p in prompts(dump)] == ["First paragraph here.", "Second paragraph follows.",
+                                                  "Third one ends it."]
