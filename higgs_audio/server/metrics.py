@@ -87,6 +87,8 @@ class Histogram(_Metric):
         super().__init__(name, help, labels)
         self.buckets = tuple(sorted(buckets)) + (math.inf,)
         self._series: dict[tuple[str, ...], list] = {}  # key -> [bucket counts..., sum, count]
+        if not labels:  # an unlabelled metric exists (at zero) before its first observation
+            self._series[()] = [0] * len(self.buckets) + [0.0, 0]
 
     def observe(self, value: float, **labels: str) -> None:
         key = self._key(labels)

@@ -107,6 +107,7 @@ class JobAudio:
         Returns the engine's ``GenerationResult`` (audio already at ``speed``)."""
         try:
             frames: list[torch.Tensor] = []  # the run keeps its own copy of every frame
+            checked = time.perf_counter()
             while True:
                 if self._first is not None:
                     item, self._first = self._first, None
@@ -114,9 +115,13 @@ class JobAudio:
                     try:
                         item = await asyncio.wait_for(self.job.next(), DISCONNECT_POLL_S)
                     except asyncio.TimeoutError:
-                        if http_request is not None and await http_request.is_disconnected():
-                            raise APIError(499, "client closed the request") from None
-                        continue
+                        item = None
+                if http_request is not None and time.perf_counter() - checked >= DISCONNECT_POLL_S:
+                    checked = time.perf_counter()
+                    if await http_request.is_disconnected():
+                        raise APIError(499, "client closed the request")
+                if item is None:
+                    continue
                 self._take([item], frames)
                 if item[0] == "done":
                     break
