@@ -23,7 +23,9 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        # In place on one temporary: half the memory passes of the plain expression, same rounding.
+        y = torch.mul(self.alpha, x).sin_()
+        return y.mul_(y).mul_((self.alpha + 1e-9).reciprocal()).add_(x)
 
 
 class ResidualUnit(nn.Module):
@@ -35,7 +37,7 @@ class ResidualUnit(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        return self.conv2(self.snake2(self.conv1(self.snake1(x)))).add_(x)
 
 
 class EncoderBlock(nn.Module):

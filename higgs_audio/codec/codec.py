@@ -31,6 +31,7 @@ from higgs_audio.codec.config import CodecConfig
 from higgs_audio.codec.quantizer import ResidualVQ
 from higgs_audio.codec.resample import resample
 from higgs_audio.codec.semantic import Hubert, SemanticEncoder
+from higgs_audio.codec.streaming import streaming_decoder
 from higgs_audio.errors import AudioInputError
 
 
@@ -64,10 +65,13 @@ class CodecModel(nn.Module):
         joint = torch.cat([e_acoustic[..., :frames], e_semantic[..., :frames]], dim=1)
         return self.quantizer.encode(self.fc(joint.transpose(1, 2)))
 
+    def latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, num_codebooks, frames) -> the acoustic decoder's input (B, latent_dim, frames)."""
+        return self.fc2(self.quantizer.decode(codes)).transpose(1, 2)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, num_codebooks, frames) -> (B, frames * hop_length)."""
-        latent = self.fc2(self.quantizer.decode(codes)).transpose(1, 2)
-        return self.acoustic_decoder(latent)[:, 0]
+        return self.acoustic_decoder(self.latent(codes))[:, 0]
 
 
 class AudioCodec:
@@ -174,7 +178,7 @@ class AudioCodec:
     ) -> list[torch.Tensor]:
         """``encode`` for several clips. Clips of equal length run as one batch, giving the same codes as
         one at a time (each clip's padding rule depends on its own length, so unequal ones are not mixed)."""
-        rates = [sample_rate] * len(waves) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
+        rates = list(sample_rate) if isinstance(sample_rate, Sequence) else [sample_rate] * len(waves)
         if len(rates) != len(waves):
             raise ValueError(f"{len(waves)} clips but {len(rates)} sample rates")
         prepared = [self._prepare(w, r, loudness_normalize, loudness_target) for w, r in zip(waves, rates)]
@@ -230,11 +234,10 @@ class AudioCodec:
 class StreamDecoder:
     """Decode codes that arrive a few frames at a time; the concatenated output equals ``decode`` of all codes.
 
-    Each output frame depends on ``decoder_context_frames`` frames before it and ``decoder_lookahead_frames``
-    after it (the decoder's receptive field). ``push`` emits every frame whose right context has arrived,
-    decoding a window that adds the left context (from the true start of the stream while it is that near,
-    so the start sees the same zero padding as a one-shot decode); ``flush`` emits the rest using the true end.
-    The codes before the left context are dropped, so memory stays bounded.
+    The decoder is non-causal: an output frame depends on ``decoder_lookahead_frames`` later frames (and
+    ``decoder_context_frames`` earlier ones). Each layer keeps the few input samples it still needs, so no
+    work is repeated (see ``streaming.py``). ``push`` returns every whole frame that is final, so after n
+    frames in, n - lookahead frames have come out; ``flush`` returns the rest.
     """
 
     def __init__(self, codec: AudioCodec) -> None:
@@ -242,36 +245,27 @@ class StreamDecoder:
         self._reset()
 
     def _reset(self) -> None:
-        self._codes = torch.zeros(self.codec.num_codebooks, 0, dtype=torch.long)
-        self._offset = 0  # stream index of self._codes[:, 0]
-        self._emitted = 0  # frames already returned
+        self._state = streaming_decoder(self.codec.model.acoustic_decoder)
+        self._held = np.zeros(0, dtype=np.float32)  # final samples short of a whole frame
 
     def push(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Add codes (num_codebooks, n) and return the samples that are now final (a multiple of hop)."""
+        """Add codes (num_codebooks, n); return the samples now final, a whole number of frames."""
         chunk = self.codec._check_codes(codes)
         if chunk.dim() != 2:
             raise ValueError("a stream decoder takes one stream: codes shaped (num_codebooks, frames)")
-        self._codes = torch.cat([self._codes, chunk], dim=1)
-        received = self._offset + self._codes.shape[1]
-        return self._emit(received - self.codec.decoder_lookahead_frames)
+        if chunk.shape[1]:
+            with torch.inference_mode():
+                latent = self.codec.model.latent(chunk[None].to(self.codec.device))
+                samples = self._state.step(latent)[0, 0].float().cpu().numpy()
+            self._held = np.concatenate([self._held, samples])
+        whole = len(self._held) // self.codec.hop_length * self.codec.hop_length
+        out, self._held = self._held[:whole], self._held[whole:]
+        return out
 
     def flush(self) -> np.ndarray:
         """Return the remaining samples (the stream has ended) and reset for a new stream."""
-        out = self._emit(self._offset + self._codes.shape[1])
+        with torch.inference_mode():
+            rest = self._state.flush()
+        out = self._held if rest is None else np.concatenate([self._held, rest[0, 0].float().cpu().numpy()])
         self._reset()
-        return out
-
-    def _emit(self, end: int) -> np.ndarray:
-        hop = self.codec.hop_length
-        if end <= self._emitted:
-            return np.zeros(0, dtype=np.float32)
-        start = max(self._emitted - self.codec.decoder_context_frames, self._offset)
-        window = self._codes[:, start - self._offset :]
-        wave = self.codec._decode(window[None].to(self.codec.device))[0]
-        out = wave[(self._emitted - start) * hop : (end - start) * hop]
-        self._emitted = end
-        # Keep only what the next window can need: the left context of the next frame to emit.
-        keep_from = max(end - self.codec.decoder_context_frames, self._offset)
-        self._codes = self._codes[:, keep_from - self._offset :]
-        self._offset = keep_from
         return out

@@ -1,0 +1,172 @@
+"""Exact streaming for the acoustic decoder: every layer keeps just the input tail it still needs.
+
+The decoder's convs are non-causal (zero padding on both sides), so a layer's output sample is final once
+the few input samples to its right have arrived. Each conv here keeps that tail as state, computes only the
+outputs that are final, and at the end of the stream appends the right zero padding a one-shot run would
+use; the left padding is the initial state. So the stream computes the same sums as one run over all the
+input, with no recomputation; only float rounding differs (different conv lengths).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from higgs_audio.codec.acoustic import AcousticDecoder, DecoderBlock, ResidualUnit, Snake
+
+
+def _empty_like(x: torch.Tensor, channels: int) -> torch.Tensor:
+    return x.new_zeros(x.shape[0], channels, 0)
+
+
+class _Pointwise:
+    def __init__(self, fn: nn.Module) -> None:
+        self.fn = fn
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def flush(self) -> torch.Tensor | None:
+        return None
+
+
+class _Conv:
+    """Stride-1 conv with symmetric padding ``p`` (its reach, (k - 1) * d, is 2p)."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        self.conv = conv
+        self.pad = conv.padding[0]
+        self.reach = conv.dilation[0] * (conv.kernel_size[0] - 1)
+        self.tail: torch.Tensor | None = None  # inputs not yet consumed, starting with the left padding
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tail is None:
+            self.tail = x.new_zeros(x.shape[0], x.shape[1], self.pad)
+        buf = torch.cat([self.tail, x], dim=-1)
+        if buf.shape[-1] <= self.reach:
+            self.tail = buf
+            return _empty_like(x, self.conv.out_channels)
+        self.tail = buf[..., buf.shape[-1] - self.reach :]
+        return F.conv1d(buf, self.conv.weight, self.conv.bias, dilation=self.conv.dilation)
+
+    def flush(self) -> torch.Tensor | None:
+        if self.tail is None:
+            return None
+        right = self.tail.new_zeros(self.tail.shape[0], self.tail.shape[1], self.pad)
+        return self.step(right)
+
+
+class _ConvTranspose:
+    """Transposed conv with kernel 2s, stride s: output position m gets inputs floor(m / s) - 1 and floor(m / s).
+
+    So positions before (number of inputs) * s are final, given the previous input sample as context; the
+    first ``padding`` positions of the whole stream are cropped, as the one-shot layer does.
+    """
+
+    def __init__(self, conv: nn.ConvTranspose1d) -> None:
+        self.conv = conv
+        self.stride, self.pad = conv.stride[0], conv.padding[0]
+        if conv.kernel_size[0] != 2 * self.stride or self.pad > self.stride:
+            raise ValueError("streaming supports transposed convs with kernel 2 * stride and padding <= stride")
+        self.last: torch.Tensor | None = None  # the previous input sample
+        self.skip = self.pad  # output samples still to crop at the stream start
+
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
+        """The uncropped output, (n + 1) * s positions for n inputs, as one matmul and an overlap-add.
+
+        Equal to ``F.conv_transpose1d`` with zero padding, but fast for the few inputs of a stream step,
+        where torch falls back to a slow kernel.
+        """
+        b, cin, n = x.shape
+        weight = self.conv.weight  # (in, out, 2s)
+        cout, s = weight.shape[1], self.stride
+        taps = torch.matmul(x.transpose(1, 2), weight.reshape(cin, -1)).view(b, n, cout, 2, s)
+        first, second = (taps[:, :, :, half].permute(0, 2, 1, 3) for half in (0, 1))  # (b, out, n, s)
+        full = F.pad(first, (0, 0, 0, 1)) + F.pad(second, (0, 0, 1, 0))  # input i reaches i * s .. i * s + 2s
+        return full.reshape(b, cout, (n + 1) * s) + self.conv.bias[:, None]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return _empty_like(x, self.conv.out_channels)
+        s = self.stride
+        if self.last is None:
+            out = self._full(x)[..., : x.shape[-1] * s]
+        else:
+            out = self._full(torch.cat([self.last, x], dim=-1))[..., s : (x.shape[-1] + 1) * s]
+        self.last = x[..., -1:]
+        cropped = out[..., self.skip :]
+        self.skip = max(0, self.skip - out.shape[-1])
+        return cropped
+
+    def flush(self) -> torch.Tensor | None:
+        if self.last is None:
+            return None
+        # After the last input, the one-shot output continues for `padding` positions past inputs * stride.
+        return self._full(self.last)[..., self.stride : self.stride + self.pad]
+
+
+class _Sequence:
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer.step(x)
+        return x
+
+    def flush(self) -> torch.Tensor | None:
+        out: torch.Tensor | None = None
+        for layer in self.layers:
+            pieces = [] if out is None else [layer.step(out)]
+            rest = layer.flush()
+            if rest is not None:
+                pieces.append(rest)
+            out = torch.cat(pieces, dim=-1) if pieces else None
+        return out
+
+
+class _Residual:
+    """x + branch(x): the skip input waits for the branch, which lags by its conv's padding."""
+
+    def __init__(self, unit: ResidualUnit) -> None:
+        self.branch = _Sequence(
+            [_Pointwise(unit.snake1), _Conv(unit.conv1), _Pointwise(unit.snake2), _Conv(unit.conv2)]
+        )
+        self.waiting: torch.Tensor | None = None
+
+    def _add(self, y: torch.Tensor) -> torch.Tensor:
+        n = y.shape[-1]
+        out = y + self.waiting[..., :n]
+        self.waiting = self.waiting[..., n:]
+        return out
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        self.waiting = x if self.waiting is None else torch.cat([self.waiting, x], dim=-1)
+        return self._add(self.branch.step(x))
+
+    def flush(self) -> torch.Tensor | None:
+        rest = self.branch.flush()
+        return None if rest is None else self._add(rest)
+
+
+def _layers(module: nn.Module) -> list:
+    if isinstance(module, Snake):
+        return [_Pointwise(module)]
+    if isinstance(module, nn.Conv1d):
+        if module.stride[0] != 1 or 2 * module.padding[0] != module.dilation[0] * (module.kernel_size[0] - 1):
+            raise ValueError("streaming supports stride-1 convs with symmetric 'same' padding")
+        return [_Conv(module)]
+    if isinstance(module, ResidualUnit):
+        return [_Residual(module)]
+    if isinstance(module, DecoderBlock):
+        return [_Pointwise(module.snake1), _ConvTranspose(module.conv_t1),
+                *(_Residual(u) for u in (module.res_unit1, module.res_unit2, module.res_unit3))]
+    raise TypeError(f"no streaming form for {type(module).__name__}")
+
+
+def streaming_decoder(decoder: AcousticDecoder) -> _Sequence:
+    """Fresh streaming state over ``decoder``'s layers (in its forward order): ``step(latent) -> samples``
+    for each chunk of latent frames, then ``flush() -> samples`` once at the end."""
+    modules = [decoder.conv1, *decoder.block, decoder.snake1, decoder.conv2]
+    return _Sequence([layer for m in modules for layer in _layers(m)])
