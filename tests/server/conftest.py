@@ -29,7 +29,7 @@ class Server:
 
     def client(self, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kwargs)
+        return httpx.Client(base_url=self.url, headers=headers, **{"timeout": 60, **kwargs})
 
     def metrics(self) -> dict[str, float]:
         """``/metrics`` as {sample line name with labels: value}."""
