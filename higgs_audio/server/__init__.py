@@ -1,6 +1,7 @@
 """``higgs-audio serve``: the OpenAI-compatible HTTP server (needs the ``[server]`` extra).
 
-``add_serve_parser(subparsers)`` adds the ``serve`` subcommand to the CLI; ``run_serve(args)`` runs it.
+``add_serve_parser(subparsers, parents)`` adds the ``serve`` subcommand to the CLI (whose common parent
+parser gives ``--voices-dir``); ``run_serve(args, library)`` runs it.
 """
 
 from __future__ import annotations
@@ -14,16 +15,30 @@ from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL
 API_KEY_ENV = "HIGGS_AUDIO_API_KEY"
 
 
-def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+def add_serve_parser(subparsers, parents=()) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve",
+        parents=list(parents),
         help="run the OpenAI-compatible speech server",
         description="Serve /v1/audio/speech, /v1/audio/generation, /v1/chat/completions, /v1/voices, /metrics "
         "and a web page at /, decoding concurrent requests together (continuous batching).",
     )
     add_serve_arguments(p)
-    p.set_defaults(func=run_serve)
+    p.set_defaults(run=run_serve)
     return p
+
+
+def _positive(kind):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+        return number
+
+    return parse
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,20 +53,19 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"require 'Authorization: Bearer KEY' on /v1 and /metrics (or set ${API_KEY_ENV})")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser requests from ORIGIN (repeatable; '*' for any)")
-    p.add_argument("--voices", action="append", default=None, metavar="DIR",
-                   help="voice library folder (repeatable; default: the CLI's library)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together in one step")
-    p.add_argument("--max-len", type=int, default=4096, help="positions per request (prompt + generated)")
-    p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which new ones get 429")
-    p.add_argument("--max-input-chars", type=int, default=4096, help="longer texts get 413")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger request bodies get 413")
-    p.add_argument("--max-new-tokens", type=int, default=2048,
+    p.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together in one step")
+    p.add_argument("--max-len", type=_positive(int), default=4096, help="positions per request (prompt + generated)")
+    p.add_argument("--max-queue", type=_positive(int), default=64, help="waiting requests beyond which new ones get 429")
+    p.add_argument("--max-input-chars", type=_positive(int), default=4096, help="longer texts get 413")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=20.0, help="larger request bodies get 413")
+    p.add_argument("--max-new-tokens", type=_positive(int), default=2048,
                    help="default and ceiling of a request's generation steps (25 audio steps = 1 s)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a request is cancelled")
+    p.add_argument("--timeout", type=_positive(float), default=300.0, help="seconds before a request is cancelled")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, library=None) -> int:
+    """Load the model and serve until interrupted; ``library`` defaults to ``VoiceLibrary(args.voices_dir)``."""
     try:
         import uvicorn
 
@@ -74,6 +88,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      max_batch=args.max_batch, max_len=args.max_len)
-    app = create_app(api, VoiceLibrary(args.voices), settings)
+    app = create_app(api, library or VoiceLibrary(args.voices_dir), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

@@ -53,9 +53,9 @@ def start_server(tmp: Path, model: Path, codec: Path, *args: str, api_key: str |
     env = dict(os.environ, HIGGS_AUDIO_CACHE=str(tmp / "cache"), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     env.pop("HIGGS_AUDIO_API_KEY", None)
     command = [
-        sys.executable, "-m", "higgs_audio.server", "--model", str(model), "--codec", str(codec),
+        sys.executable, "-m", "higgs_audio", "serve", "--model", str(model), "--codec", str(codec),
         "--device", "cpu", "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
-        "--voices", str(voices), "--max-len", "1024", *args,
+        "--voices-dir", str(voices), "--max-len", "1024", *args,
     ]
     if api_key:
         command += ["--api-key", api_key]
