@@ -439,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("scenes", parents=[common], help="list the built-in scenes, or print one")
     c.add_argument("name", nargs="?")
     c.set_defaults(run=cmd_scenes)
+
+    from higgs_audio.server import add_serve_parser  # light: the server's packages load only when it runs
+
+    add_serve_parser(sub, parents=[common])
     return parser
 
 
