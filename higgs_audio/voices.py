@@ -377,6 +377,6 @@ class VoiceLibrary:
         audio = (folder / presets.pop(name)["audio_file"]).resolve()
         _atomic_write(path, (json.dumps(presets, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         shared = any((folder / p["audio_file"]).resolve() == audio for p in presets.values())
-        if not shared and audio.parent == folder.resolve():  # never delete files outside the folder
+        if not shared and folder.resolve() in audio.parents:  # never delete files outside the folder
             audio.unlink(missing_ok=True)
 

@@ -1,0 +1,41 @@
+"""How ``speak`` reads its voice and scene options (pure functions, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from higgs_audio.cli import SCENES, UsageError, _scene, _voice_specs
+
+
+@pytest.mark.parametrize("values, expected", [
+    (["a,b"], ["a", "b"]),
+    (["a", "b"], ["a", "b"]),
+    ([",b"], [None, "b"]),  # SPEAKER0 left to the model
+    (["profile:a calm, deep voice", "b"], ["profile:a calm, deep voice", "b"]),  # descriptions keep their commas
+    (["SPEAKER1=b", "SPEAKER0=a,c"], {"SPEAKER1": "b", "SPEAKER0": "a,c"}),
+    ([], []),
+])
+def test_voice_specs(values, expected):
+    assert _voice_specs(values) == expected
+
+
+@pytest.mark.parametrize("values, message", [
+    (["SPEAKER0=a", "b"], "use either"),
+    (["SPEAKER0=a", "SPEAKER0=b"], "gives SPEAKER0 twice"),
+])
+def test_voice_spec_errors(values, message):
+    with pytest.raises(UsageError, match=message):
+        _voice_specs(values)
+
+
+def test_scene_by_name_file_or_words(tmp_path):
+    assert _scene(None) is None and _scene("none") is None
+    assert _scene("reading_blog") == SCENES["reading_blog"]
+    path = tmp_path / "scene.txt"
+    path.write_text("  Recorded outdoors in light rain.\n")
+    assert _scene(str(path)) == "Recorded outdoors in light rain."
+    assert _scene("A noisy train station.") == "A noisy train station."  # the reference would ignore this
+    with pytest.raises(UsageError, match="scene file .*missing.txt does not exist"):
+        _scene(str(tmp_path / "missing.txt"))
+    with pytest.raises(UsageError, match="did you mean 'reading_blog'"):
+        _scene("reading_blg")
