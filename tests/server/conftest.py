@@ -90,7 +90,7 @@ def server(tmp_path_factory, tiny_original, tiny_codec):
     """Batches up to 8 requests; 40 generation steps per request at most (the random model never stops)."""
     s = start_server(tmp_path_factory.mktemp("server"), tiny_original, tiny_codec,
                      "--max-batch", "8", "--max-new-tokens", "40", "--max-input-chars", "300",
-                     "--max-upload-mb", "2")
+                     "--max-upload-mb", "2", "--cors-origin", "http://page.test")
     yield s
     stop_server(s)
 

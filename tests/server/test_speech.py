@@ -203,3 +203,44 @@ def test_web_page_is_served(server):
     with server.client() as c:
         r = c.get("/")
     assert r.status_code == 200 and "/v1/audio/speech" in r.text
+
+
+def test_metrics_are_prometheus_text(server, reference):
+    with server.client() as c:
+        c.post("/v1/audio/speech", json={"input": TEXT, "response_format": "pcm", "seed": 1})
+        r = c.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    lines = r.text.splitlines()
+    for name, kind in [("higgs_requests_total", "counter"), ("higgs_request_duration_seconds", "histogram"),
+                       ("higgs_time_to_first_audio_seconds", "histogram"), ("higgs_audio_seconds_total", "counter"),
+                       ("higgs_queue_depth", "gauge"), ("higgs_batch_size", "histogram")]:
+        assert f"# TYPE {name} {kind}" in lines
+    m = server.metrics()
+    assert m['higgs_requests_total{route="/v1/audio/speech",status="200"}'] >= 2
+    assert m['higgs_time_to_first_audio_seconds_count{route="/v1/audio/speech"}'] >= 2
+    assert m['higgs_time_to_first_audio_seconds_bucket{route="/v1/audio/speech",le="+Inf"}'] >= 2
+    assert m["higgs_audio_seconds_total"] >= len(reference) / 24000
+
+
+def test_cors_preflight_for_an_allowed_origin_only(server):
+    headers = {"Origin": "http://page.test", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "content-type"}
+    with server.client() as c:
+        allowed = c.options("/v1/audio/speech", headers=headers)
+        other = c.options("/v1/audio/speech", headers={**headers, "Origin": "http://elsewhere.test"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "http://page.test"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_request_ids_in_headers_and_log_without_payloads(server):
+    secret_text = "Xyzzy plugh unique words."
+    with server.client() as c:
+        r = c.post("/v1/audio/speech", json={"input": secret_text, "response_format": "pcm", "seed": 1},
+                   headers={"X-Request-Id": "req-abc-123"})
+        generated = c.get("/health")
+    assert r.headers["x-request-id"] == "req-abc-123"
+    assert len(generated.headers["x-request-id"]) >= 8
+    log = server.log_text()
+    assert "req-abc-123 POST /v1/audio/speech 200" in log
+    assert secret_text not in log
