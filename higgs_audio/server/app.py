@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +79,7 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
         title="higgs-audio",
         description="OpenAI-compatible speech server for Higgs Audio V2",
         version="0.1.0",
-        on_startup=[scheduler.start],
-        on_shutdown=[scheduler.stop],
+        lifespan=_lifespan(scheduler),
     )
     app.state.service = service
     errors.install(app)
@@ -178,6 +178,16 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
 # -- helpers --------------------------------------------------------------------------------------
 
 
+def _lifespan(scheduler: Scheduler):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    return lifespan
+
+
 def _check_chars(text: str, settings: Settings, param: str) -> None:
     if len(text) > settings.max_input_chars:
         raise APIError(413, f"{param} has {len(text)} characters; this server accepts at most "
@@ -268,7 +278,7 @@ async def _audio_response(service: Service, request: Request, body: AudioOptions
         _observe_first_audio(service, request, route, audio)
         data = await run_in_threadpool(encode_file, result.audio, rate, fmt)
         return Response(data, media_type=MEDIA_TYPES[fmt])
-    await audio.started()
+    await audio.started(request)
     sse = body.stream_format == "sse"
 
     async def chunks():
@@ -401,7 +411,7 @@ async def _chat(service: Service, request: Request, body: ChatRequest):
                 "choices": [{"index": 0, "message": message, "finish_reason": _finish(result.finish_reason)}],
                 "usage": usage()}
 
-    await audio.started()
+    await audio.started(request)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:

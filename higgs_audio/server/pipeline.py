@@ -45,15 +45,30 @@ class JobAudio:
         self.job, self.codec, self.speed, self.chunk_frames = job, codec, speed, chunk_frames
         self.outcome = Outcome()
         self._first = None  # an item read ahead by ``started``
+        self._checked = time.perf_counter()  # last check for a client disconnect
 
-    async def started(self) -> None:
+    async def started(self, http_request: HTTPRequest | None = None) -> None:
         """Wait for the job's first output, so that a failure before any audio can still become an HTTP
         error instead of a truncated stream."""
-        self._first = await self.job.next()
+        self._first = await self._next(http_request)
         if self._first[0] == "error":
             raise _failure(self._first[1])
         if self._first == ("done", "timeout"):
             raise APIError(504, "the request timed out before any audio was generated", code="timeout")
+
+    async def _next(self, http_request: HTTPRequest | None) -> tuple[str, object]:
+        """The job's next item. A client that disconnects meanwhile (checked every ``DISCONNECT_POLL_S``,
+        also while items keep coming) cancels the job."""
+        while True:
+            if http_request is not None and time.perf_counter() - self._checked >= DISCONNECT_POLL_S:
+                self._checked = time.perf_counter()
+                if await http_request.is_disconnected():
+                    self.job.cancel()
+                    raise APIError(499, "client closed the request")
+            try:
+                return await asyncio.wait_for(self.job.next(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                continue
 
     async def _items(self) -> AsyncIterator[list[tuple[str, object]]]:
         done = False
@@ -107,21 +122,8 @@ class JobAudio:
         Returns the engine's ``GenerationResult`` (audio already at ``speed``)."""
         try:
             frames: list[torch.Tensor] = []  # the run keeps its own copy of every frame
-            checked = time.perf_counter()
             while True:
-                if self._first is not None:
-                    item, self._first = self._first, None
-                else:
-                    try:
-                        item = await asyncio.wait_for(self.job.next(), DISCONNECT_POLL_S)
-                    except asyncio.TimeoutError:
-                        item = None
-                if http_request is not None and time.perf_counter() - checked >= DISCONNECT_POLL_S:
-                    checked = time.perf_counter()
-                    if await http_request.is_disconnected():
-                        raise APIError(499, "client closed the request")
-                if item is None:
-                    continue
+                item, self._first = self._first or await self._next(http_request), None
                 self._take([item], frames)
                 if item[0] == "done":
                     break

@@ -109,3 +109,18 @@ def test_request_timeout_gets_504(strict_server):
         start = time.perf_counter()
         err = _error(c.post("/v1/audio/speech", json={"input": LONG_TEXT, "stream": False}), 504)
     assert err["code"] == "timeout" and time.perf_counter() - start < 10
+
+
+def test_a_queued_client_that_leaves_is_dropped_from_the_queue(strict_server):
+    key = 'higgs_generations_total{reason="cancelled"}'
+    with strict_server.client() as c:
+        with c.stream("POST", "/v1/audio/speech", json={"input": LONG_TEXT, "response_format": "pcm", "seed": 0}) as r:
+            chunks = r.iter_raw()
+            next(chunks)  # holds the only slot
+            before = strict_server.metrics().get(key, 0)
+            with pytest.raises(httpx.ReadTimeout):  # streamed, but still waiting in the queue for its first audio
+                c.post("/v1/audio/speech", json={"input": "Queued.", "response_format": "pcm"}, timeout=0.5)
+            given_up = time.perf_counter()
+            _wait_for(lambda: strict_server.metrics().get(key, 0) > before, 5)
+            assert time.perf_counter() - given_up < 1.0
+            assert strict_server.metrics()["higgs_queue_depth"] == 0
