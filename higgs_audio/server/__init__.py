@@ -55,7 +55,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow browser requests from ORIGIN (repeatable; '*' for any)")
     p.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together in one step")
     p.add_argument("--max-len", type=_positive(int), default=4096, help="positions per request (prompt + generated)")
-    p.add_argument("--max-queue", type=_positive(int), default=64, help="waiting requests beyond which new ones get 429")
+    p.add_argument("--max-queue", type=_positive(int), default=64,
+                   help="waiting requests beyond which new ones get 429")
     p.add_argument("--max-input-chars", type=_positive(int), default=4096, help="longer texts get 413")
     p.add_argument("--max-upload-mb", type=_positive(float), default=20.0, help="larger request bodies get 413")
     p.add_argument("--max-new-tokens", type=_positive(int), default=2048,

@@ -17,7 +17,8 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 JSON_ROUTES = ["/v1/audio/speech", "/v1/audio/generation", "/v1/chat/completions"]
 
 junk = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )

@@ -1,0 +1,114 @@
+"""What every route shares: settings, the service bundle, voice lookup, limits, queueing, SSE framing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from higgs_audio.api import HiggsAudio
+from higgs_audio.engine import Request as EngineRequest
+from higgs_audio.prompt import VoiceProfile
+from higgs_audio.server.errors import APIError
+from higgs_audio.server.metrics import Metrics
+from higgs_audio.server.pipeline import JobAudio
+from higgs_audio.server.scheduler import Job, QueueFull, Scheduler
+from higgs_audio.server.schemas import SamplingOptions
+from higgs_audio.voices import VoiceLibrary
+
+# OpenAI's built-in voice names: clients hard-code them, so when the library has no voice of that name
+# they mean "no particular voice" (the model picks one) rather than an error.
+OPENAI_VOICES = frozenset("alloy ash ballad cedar coral echo fable marin nova onyx sage shimmer verse".split())
+
+
+@dataclass
+class Settings:
+    served_model_name: str = "higgs-audio-v2"
+    api_key: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    max_queue: int = 64
+    max_input_chars: int = 4096
+    max_upload_bytes: int = 20 * 1024 * 1024
+    timeout_s: float = 300.0
+    max_new_tokens: int = 2048  # default and ceiling of a request's generation length
+    chunk_frames: int = 10  # streamed audio chunks after the first: 10 frames = 0.4 s
+
+
+@dataclass
+class Service:
+    api: HiggsAudio
+    voices: VoiceLibrary
+    settings: Settings
+    metrics: Metrics
+    scheduler: Scheduler
+
+
+def check_chars(text: str, settings: Settings, param: str) -> None:
+    if len(text) > settings.max_input_chars:
+        raise APIError(413, f"{param} has {len(text)} characters; this server accepts at most "
+                       f"{settings.max_input_chars} per request (split the text)", param=param,
+                       code="input_too_long")
+
+
+def sampling(body: SamplingOptions, settings: Settings, max_tokens: int | None = None) -> dict:
+    """The engine's SamplingParams fields that the request sets (the rest keep the engine defaults)."""
+    params = {k: getattr(body, k) for k in ("temperature", "top_p", "top_k", "seed") if getattr(body, k) is not None}
+    requested = max_tokens if max_tokens is not None else getattr(body, "max_new_tokens", None)
+    params["max_new_tokens"] = min(requested or settings.max_new_tokens, settings.max_new_tokens)
+    if getattr(body, "max_duration", None) is not None:
+        params["max_audio_seconds"] = body.max_duration
+    return params
+
+
+def library_voice(service: Service, name: str):
+    """(voice, preset system prompt) for a library clip or profile name, or None if there is none."""
+    clips, profiles = service.voices.entries()
+    if name in clips:
+        return service.voices.get(name, service.api.codec), clips[name].system_prompt
+    key = name[len("profile:"):] if name.startswith("profile:") else name
+    if key in profiles:
+        return VoiceProfile(profiles[key].description), None
+    return None
+
+
+def strip_data_uri(data: str) -> str:
+    return data.partition(",")[2] if data.startswith("data:") else data
+
+
+def check_upload(data: str, settings: Settings, param: str) -> None:
+    size = len(data) * 3 // 4
+    if size > settings.max_upload_bytes:
+        raise APIError(413, f"{param} is about {size} bytes; the limit is {settings.max_upload_bytes}",
+                       param=param, code="upload_too_large")
+
+
+async def submit(service: Service, request: Request, build) -> Job:
+    """Build the engine request off the event loop (tokenising, encoding reference audio) and queue it."""
+    scheduler = service.scheduler
+    if scheduler.stats()["queued"] >= scheduler.max_queue:  # fail fast, before encoding anything
+        raise APIError(429, "the server is busy: too many queued requests; retry later",
+                       code="rate_limit_exceeded")
+    engine_request: EngineRequest = await run_in_threadpool(build)
+    try:
+        job = scheduler.submit(engine_request, request.state.request_id)
+    except QueueFull as e:
+        raise APIError(429, f"the server is busy: {e}", code="rate_limit_exceeded") from None
+    return job
+
+
+def observe_first_audio(service: Service, request: Request, route: str, audio: JobAudio) -> None:
+    if not getattr(request.state, "first_audio_seen", False) and audio.outcome.first_audio_at is not None:
+        request.state.first_audio_seen = True
+        service.metrics.first_audio.observe(audio.outcome.first_audio_at - request.state.started, route=route)
+
+
+def sse_event(payload: dict | str) -> bytes:
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,84 @@
+"""``/v1/audio/speech`` and ``/v1/audio/generation``: text in, audio out, whole or streamed."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from higgs_audio.messages import AudioContent
+from higgs_audio.prompt import VoiceProfile, VoiceRef
+from higgs_audio.server.encoding import MEDIA_TYPES, StreamEncoder, encode_file
+from higgs_audio.server.errors import APIError
+from higgs_audio.server.pipeline import JobAudio
+from higgs_audio.server.schemas import AudioOptions, SpeechRequest
+from higgs_audio.server.service import (
+    OPENAI_VOICES,
+    Service,
+    b64,
+    check_upload,
+    library_voice,
+    observe_first_audio,
+    sse_event,
+    strip_data_uri,
+    submit,
+)
+
+
+def speech_voice(service: Service, body: SpeechRequest):
+    if body.reference_audio is not None:
+        if not body.reference_text:
+            raise APIError(400, "reference_audio needs reference_text, the words spoken in it",
+                           param="reference_text")
+        check_upload(body.reference_audio, service.settings, "reference_audio")
+        codes = service.api.encode_audio(AudioContent(raw_audio=strip_data_uri(body.reference_audio)))
+        return VoiceRef(codes, body.reference_text), None
+    if not body.voice:
+        return None, None
+    found = library_voice(service, body.voice)
+    if found is not None:
+        return found
+    if body.voice.startswith("profile:"):
+        return VoiceProfile(body.voice[len("profile:"):].strip()), None
+    if body.voice.lower() in OPENAI_VOICES:
+        return None, None
+    raise APIError(400, f"unknown voice {body.voice!r}; GET /v1/voices lists the voices, or use "
+                   "'profile:<description>'", param="voice", code="voice_not_found")
+
+
+def profile_voice(service: Service, profile: str | None):
+    """``voice_profile``: a library profile or voice name, else a free-text description of the speaker."""
+    if not profile or not profile.strip():
+        return None, None
+    return library_voice(service, profile.strip()) or (VoiceProfile(profile.strip()), None)
+
+
+async def audio_response(service: Service, request: Request, body: AudioOptions, build) -> Response:
+    job = await submit(service, request, build)
+    audio = JobAudio(job, service.api.codec, speed=body.speed, chunk_frames=service.settings.chunk_frames)
+    rate, fmt, route = service.api.sample_rate, body.response_format, request.url.path
+    if not body.stream and body.stream_format == "audio":
+        result = await audio.collect(request)
+        observe_first_audio(service, request, route, audio)
+        data = await run_in_threadpool(encode_file, result.audio, rate, fmt)
+        return Response(data, media_type=MEDIA_TYPES[fmt])
+    await audio.started(request)
+    as_sse = body.stream_format == "sse"
+
+    async def chunks():
+        encoder = StreamEncoder(fmt, rate)
+        async for wave, _ in audio.stream():
+            data = encoder.write(wave) if len(wave) else b""
+            if data:
+                observe_first_audio(service, request, route, audio)
+                yield sse_event({"type": "speech.audio.delta", "audio": b64(data)}) if as_sse else data
+        tail = encoder.close()
+        if tail:
+            yield sse_event({"type": "speech.audio.delta", "audio": b64(tail)}) if as_sse else tail
+        if as_sse:
+            run = job.run
+            yield sse_event({"type": "speech.audio.done", "usage": {
+                "input_tokens": run.prompt_tokens, "output_tokens": run.steps,
+                "total_tokens": run.prompt_tokens + run.steps}})
+
+    return StreamingResponse(chunks(), media_type="text/event-stream" if as_sse else MEDIA_TYPES[fmt])
