@@ -14,7 +14,6 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import soundfile as sf
@@ -22,7 +21,7 @@ import soxr
 
 from higgs_audio.errors import AudioInputError
 
-AudioSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 # name -> (libsndfile container, subtype); "pcm" is headerless signed 16-bit little-endian.
 FORMATS: dict[str, tuple[str, str]] = {

@@ -11,6 +11,12 @@ and runs the DAC decoder: exactly ``hop_length`` (960) samples per frame.
 
 Clips shorter than one frame (960 samples at 24 kHz) are zero-padded at the end to one frame, so they give
 one frame of codes; the reference would fail inside HuBERT's convolutions instead. Empty clips are refused.
+
+The decoder is non-causal. Its receptive field, derived from the layers (``AcousticDecoder.context_frames``),
+is 10 frames on each side for the official sizes: the input conv (kernel 7) reaches 3 frames, the first
+transposed conv about 1, and each block's residual units (kernel 7, dilations 1, 3, 9: 39 samples each side
+at 200, 1000, 4000, 8000, 24000 Hz) 6.3 together; about 10.3 frames, and exactly 10 whole frames once
+aligned to frame boundaries. So a streamed frame is final after 10 more frames (0.4 s) have arrived.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ class CodecModel(nn.Module):
         """(B, 1, T) at ``cfg.sample_rate`` -> codes (B, num_codebooks, frames)."""
         cfg = self.cfg
         factor, half_hop = cfg.semantic_downsample_factor, cfg.semantic_hop // 2
-        semantic = resample(wave[:, 0], cfg.sample_rate, cfg.semantic_sample_rate)
+        # The fixed-kernel resampler runs in float32 whatever the model dtype, like the reference.
+        semantic = resample(wave[:, 0].float(), cfg.sample_rate, cfg.semantic_sample_rate).to(wave.dtype)
         features = self.semantic_model(F.pad(semantic, (half_hop, half_hop)))[:, ::factor]
         e_semantic = self.encoder_semantic(features.transpose(1, 2))
         frames = e_semantic.shape[-1]
@@ -181,7 +188,7 @@ class AudioCodec:
         rates = list(sample_rate) if isinstance(sample_rate, Sequence) else [sample_rate] * len(waves)
         if len(rates) != len(waves):
             raise ValueError(f"{len(waves)} clips but {len(rates)} sample rates")
-        prepared = [self._prepare(w, r, loudness_normalize, loudness_target) for w, r in zip(waves, rates)]
+        prepared = [self._prepare(w, r, loudness_normalize, loudness_target) for w, r in zip(waves, rates, strict=True)]
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(prepared):
             by_length.setdefault(w.shape[-1], []).append(i)
@@ -192,7 +199,7 @@ class AudioCodec:
                     group = indices[start : start + max_batch]
                     batch = torch.from_numpy(np.stack([prepared[i] for i in group]))[:, None]
                     codes = self.model.encode(batch.to(self.device, self.dtype)).cpu()
-                    for i, c in zip(group, codes):
+                    for i, c in zip(group, codes, strict=True):
                         out[i] = c
         return out
 

@@ -19,9 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from higgs_audio.checkpoint import read_json
 from higgs_audio.codec import config as codec_config
 from higgs_audio.codec.config import CodecConfig
-from higgs_audio.checkpoint import read_json
 from higgs_audio.errors import CheckpointError
 
 TRANSFORMERS_MODEL_TYPE = "higgs_audio_v2_tokenizer"

@@ -97,7 +97,8 @@ def test_non_dict_pth_is_refused(tiny_codec_dirs, tmp_path):
     [
         (lambda s: s.pop("fc_prior.bias"), r"missing.*'fc\.bias'"),
         (lambda s: s.update(surprise=torch.zeros(1)), r"unexpected.*'surprise'"),
-        (lambda s: s.update({"fc_post2.bias": torch.zeros(3)}), r"fc2\.bias \(stored as fc_post2\.bias\): expected shape \(16,\), found \(3,\)"),
+        (lambda s: s.update({"fc_post2.bias": torch.zeros(3)}),
+         r"fc2\.bias \(stored as fc_post2\.bias\): expected shape \(16,\), found \(3,\)"),
         (lambda s: s.pop("encoder.block.0.weight_g"), r"encoder\.block\.0\.weight_v.*no matching"),
         (lambda s: s.update({"semantic_model.encoder.pos_conv_embed.conv.weight_g": torch.ones(32, 1, 1)}),
          r"pos_conv_embed\.conv\.weight_g: expected shape \(1, 1, 16\).*dim 2"),
@@ -161,3 +162,14 @@ def test_missing_files(tiny_codec_dirs, tmp_path):
         AudioCodec.from_pretrained(directory)
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         AudioCodec.from_pretrained(tmp_path)
+
+
+def test_bfloat16_loading_runs_close_to_float32(tiny_codec_dirs, tiny_codec):
+    half = AudioCodec.from_pretrained(tiny_codec_dirs[0], dtype=torch.bfloat16)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    wave = speech_like(48000)
+    codes = tiny_codec.encode(wave, 24000)
+    assert (half.encode(wave, 24000) == codes).float().mean() > 0.8  # rounding moves a few near-ties
+    full, approx = tiny_codec.decode(codes), half.decode(codes)
+    assert approx.dtype == np.float32
+    assert np.sqrt(np.mean((full - approx) ** 2)) < 0.1 * np.sqrt(np.mean(full**2))
