@@ -115,7 +115,9 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
         force: bool = Form(False),
     ) -> dict:
         if file is not None and description is None:
-            voice = await _add_clip(voices, name, transcript or "", file, force)
+            if not (transcript or "").strip():
+                raise APIError(400, "give the transcript: the words spoken in the clip", param="transcript")
+            voice = await _add_clip(voices, name, transcript, file, force)
             return {"id": voice.name, "object": "voice", "kind": voice.kind, "transcript": voice.transcript}
         if file is None and description is not None:
             voice = await run_in_threadpool(lambda: voices.add_profile(name, description, force=force))

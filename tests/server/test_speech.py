@@ -171,6 +171,8 @@ def test_voice_library_routes(server):
         not_audio = c.post("/v1/voices", data={"name": "junk", "transcript": "x"},
                            files={"file": ("junk.wav", b"not audio at all", "audio/wav")})
         assert not_audio.status_code == 400 and not (server.voices / "junk.wav").exists()
+        no_text = c.post("/v1/voices", data={"name": "mute"}, files={"file": ("m.wav", _sine_wav(), "audio/wav")})
+        assert no_text.status_code == 400 and no_text.json()["error"]["param"] == "transcript"
         profile = c.post("/v1/voices", data={"name": "calm", "description": "A calm, low voice."})
         assert profile.status_code == 201 and profile.json()["id"] == "profile:calm"
 
