@@ -153,7 +153,7 @@ class Scheduler:
                 self.metrics.queue_depth.set(len(self._pending))
             try:
                 job.slot = job.run.start(self.decoder)  # prefill
-            except (ValueError, RuntimeError) as e:  # e.g. a prompt longer than the cache
+            except Exception as e:  # noqa: BLE001 - e.g. a prompt longer than the cache; fails this job only
                 self._finish(job, "error", e)
                 continue
             self._live[job.slot] = job
