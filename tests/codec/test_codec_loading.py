@@ -173,3 +173,17 @@ def test_bfloat16_loading_runs_close_to_float32(tiny_codec_dirs, tiny_codec):
     full, approx = tiny_codec.decode(codes), half.decode(codes)
     assert approx.dtype == np.float32
     assert np.sqrt(np.mean((full - approx) ** 2)) < 0.1 * np.sqrt(np.mean(full**2))
+
+
+def test_parametrization_naming_for_every_weight_norm_pair(tiny_codec_dirs, tiny_codec, tmp_path):
+    """Checkpoints saved with torch's newer weight-norm parametrization name the pairs original0/original1."""
+    directory = _copy(tiny_codec_dirs[0], tmp_path / "ck")
+
+    def rename(state):
+        for key in [k for k in state if k.endswith((".weight_g", ".weight_v"))]:
+            suffix = "original0" if key.endswith("_g") else "original1"
+            state[key[: -len(".weight_g")] + ".parametrizations.weight." + suffix] = state.pop(key)
+
+    _edit_pth(directory, rename)
+    loaded, expected = AudioCodec.from_pretrained(directory).model.state_dict(), tiny_codec.model.state_dict()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
