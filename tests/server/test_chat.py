@@ -130,3 +130,19 @@ def test_bad_chat_requests_are_openai_errors(server):
             r = c.post("/v1/chat/completions", json=body)
             assert r.status_code == 400, (body, r.text)
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_prompt_longer_than_the_cache_is_a_400(server):
+    """45 s of reference audio is 1125 frames: more than the test server's 1024 positions per request."""
+    t = np.arange(45 * 8000) / 8000
+    buffer = io.BytesIO()
+    sf.write(buffer, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 8000, format="WAV")
+    clip = base64.b64encode(buffer.getvalue()).decode()
+    messages = [{"role": "user", "content": "Hum."},
+                {"role": "assistant", "content": [{"type": "input_audio", "input_audio": {"data": clip}}]},
+                {"role": "user", "content": "Again."}]
+    with server.client() as c:
+        r = c.post("/v1/chat/completions", json={"messages": messages})
+        health = c.get("/health").json()
+    assert r.status_code == 400 and "positions" in r.json()["error"]["message"], r.text
+    assert health["active"] == 0 and health["queued"] == 0
