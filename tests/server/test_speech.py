@@ -59,7 +59,8 @@ def test_every_format_streamed(server, reference, fmt):
 
 
 def test_stream_sends_audio_before_the_end(server):
-    """With a long generation, the first bytes arrive well before the last."""
+    """The first bytes leave once the first frames decode (after the 8-step delay pattern), long before
+    the 40-step generation ends."""
     body = {"input": TEXT, "response_format": "pcm", "seed": 3, "stream": True}
     with server.client() as c, c.stream("POST", "/v1/audio/speech", json=body) as r:
         start = time.perf_counter()
@@ -68,7 +69,7 @@ def test_stream_sends_audio_before_the_end(server):
             arrivals.append((time.perf_counter() - start, len(chunk)))
     assert len(arrivals) >= 2, arrivals
     first, last = arrivals[0][0], arrivals[-1][0]
-    assert first < last, arrivals
+    assert first < 0.7 * last, arrivals
 
 
 def test_streamed_equals_whole_float_wav(server):
