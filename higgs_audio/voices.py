@@ -197,8 +197,11 @@ def _scan(folder: Path) -> list[Voice]:
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    """"; did you mean 'x'?" for up to 3 similar candidates (misspelt, or ``name`` cut short), else ""."""
+    candidates = list(candidates)
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    close += [c for c in candidates if name and c.startswith(name) and c not in close]
+    return f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
 
 
 class VoiceLibrary:

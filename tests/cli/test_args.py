@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from higgs_audio.cli import SCENES, UsageError, _scene, _voice_specs
+from higgs_audio.cli import SCENES, UsageError, _scene, _voice_specs, main
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -39,3 +39,13 @@ def test_scene_by_name_file_or_words(tmp_path):
         _scene(str(tmp_path / "missing.txt"))
     with pytest.raises(UsageError, match="did you mean 'reading_blog'"):
         _scene("reading_blg")
+
+
+def test_scenes_command(capsys):
+    assert main(["scenes"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("quiet_indoor") and "reading_blog" in listing
+    assert main(["scenes", "reading_blog"]) == 0
+    assert capsys.readouterr().out == SCENES["reading_blog"] + "\n"
+    assert main(["scenes", "quiet"]) == 2
+    assert capsys.readouterr().err == "higgs-audio: error: unknown scene 'quiet'; did you mean 'quiet_indoor'?\n"

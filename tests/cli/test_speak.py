@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from higgs_audio.audio import read_audio
-from higgs_audio.cli import SCENES
+from higgs_audio.cli import SCENES, main
 from higgs_audio.text_tokenizer import TextTokenizer
-from higgs_audio.voices import BUILTIN_PROFILES
+from higgs_audio.voices import BUILTIN_PROFILES, file_digest
 
 RATE, HOP = 24000, 960
 
@@ -81,7 +81,7 @@ def test_clone_from_file_flac(cli, tmp_path, clips, tok, encode):
     assert [a["output"] for a in p["audio"]] == [True] and p["audio"][0]["codes"] == encode(clips.a)
 
 
-def test_library_voice_mp3_and_voices_commands(cli, tmp_path, clips, tok, encode):
+def test_library_voice_mp3_and_voices_commands(cli, tmp_path, clips, tok, encode, capsys, monkeypatch):
     lib = {"HIGGS_AUDIO_VOICES": str(tmp_path / "lib")}
     added = cli.run("voices", "add", "narrator", clips.a, "--text", "Words of  the narrator.", env=lib)
     assert b"added narrator" in added.stdout
@@ -92,12 +92,19 @@ def test_library_voice_mp3_and_voices_commands(cli, tmp_path, clips, tok, encode
     [p] = prompts(dump)
     assert turns(p["ids"], tok)[0][1] == "\n\nWords of the narrator.<|eot_id|>"
     assert p["audio"][0]["codes"] == encode(tmp_path / "lib" / "narrator.wav")
-    listing = cli.run("voices", "list", env=lib).stdout.decode()
+    digest = file_digest(tmp_path / "lib" / "narrator.wav")
+    assert [f for f in cli.cache.iterdir() if f.name.startswith(digest)]  # its codes were cached
+    # the other voices commands, through the same entry point in this process
+    monkeypatch.setenv("HIGGS_AUDIO_VOICES", lib["HIGGS_AUDIO_VOICES"])
+    assert main(["voices", "list"]) == 0
+    listing = capsys.readouterr().out
     assert "narrator" in listing and "profile:female_en_story" in listing
-    shown = cli.run("voices", "show", "narrator", env=lib).stdout.decode()
+    assert main(["voices", "show", "narrator"]) == 0
+    shown = capsys.readouterr().out
     assert "transcript: Words of the narrator." in shown and "1.50 s at 22050 Hz" in shown
-    assert cli.run("voices", "remove", "narrator", env=lib).stdout == b"removed narrator\n"
-    assert "narrator" not in cli.run("voices", "list", env=lib).stdout.decode()
+    assert main(["voices", "remove", "narrator"]) == 0 and capsys.readouterr().out == "removed narrator\n"
+    main(["voices", "list"])
+    assert "narrator" not in capsys.readouterr().out
 
 
 def test_profiles_named_and_free_text_ogg(cli, tmp_path, tok):

@@ -26,7 +26,8 @@ def reference_folder(tmp_path, clips):
     shutil.copy(clips.b, root / "audio" / "p.flac")
     shutil.copy(clips.b, root / "shared.flac")
     (root / "profile.yaml").write_text("profiles:\n  custom: A raspy old sailor.\n  male_en: Overridden.\n")
-    presets = {"preset_voice": {"transcript": "Preset words.", "audio_file": "audio/p.flac", "system_prompt": "Be calm."},
+    presets = {"preset_voice": {"transcript": "Preset words.", "audio_file": "audio/p.flac",
+                                "system_prompt": "Be calm."},
                "shared": {"transcript": "Shared words.", "audio_file": "shared.flac"}}
     (root / "config.json").write_text(json.dumps(presets))
     return root
