@@ -105,7 +105,8 @@ def _voice_specs(values: list[str]) -> dict[str, str] | list[str | None]:
         else:
             listed += [v.strip() or None for v in value.split(",")]
     if keyed and listed:
-        raise UsageError("use either --voice a,b (speakers in order) or --voice SPEAKER0=a --voice SPEAKER1=b, not both")
+        raise UsageError("use either --voice a,b (speakers in order) or --voice SPEAKER0=a --voice SPEAKER1=b, "
+                         "not both")
     return keyed or listed
 
 
@@ -235,7 +236,6 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
     started = time.perf_counter()
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      quantize=args.quantize, max_len=args.max_len)
-    api.voice_library = library
     voices = _encode_voices(plan, library, api.codec)
     dump, handle = _prompt_dumper(args.dump_prompts)
     try:

@@ -121,7 +121,8 @@ def generate_longform(
             where = f"chunk {i + 1}/{len(pieces)}: " if len(pieces) > 1 else ""
             notes += [where + w for w in result.warnings]
             if result.finish_reason == "length" and result.codes.shape[1]:
-                notes.append(where + "stopped at max_new_tokens before the speech ended; raise it or use smaller chunks")
+                notes.append(where + "stopped at max_new_tokens before the speech ended; raise it or use "
+                             "smaller chunks")
             bar.set_postfix_str(f"{sum(c.codes.shape[1] for c in done) / api.codec.frame_rate:.1f} s of audio")
             bar.update()
     finally:
