@@ -109,8 +109,9 @@ def generate_longform(
     try:
         for i, piece in enumerate(pieces):
             chunk_seed_i = None if seed is None else chunk_seed(seed, i)
-            keep = len(done) if context_chunks is None else min(context_chunks, len(done))
-            prompt, keep = _fit(api, context, done[len(done) - keep:], piece, budget, i)
+            spoken = [c for c in done if c.codes.shape[1]]  # a chunk without audio is no example to follow
+            keep = len(spoken) if context_chunks is None else min(context_chunks, len(spoken))
+            prompt, keep = _fit(api, context, spoken[len(spoken) - keep:], piece, budget, i)
             if on_prompt is not None:
                 on_prompt(i, piece, chunk_seed_i, prompt)
             sampling = SamplingParams(**{"max_audio_seconds": default_max_audio_seconds(piece), **params,
@@ -146,7 +147,7 @@ def _fit(api: HiggsAudio, context: list[Message], kept: Sequence[ChunkResult], t
     if used + 1 > max_len:
         raise HiggsAudioError(
             f"chunk {index + 1}'s prompt needs {used} positions but the model's cache holds {max_len}: "
-            "use shorter reference clips or smaller chunks, or raise the cache length"
+            "use shorter reference clips or smaller chunks, or raise the cache length (max_len, --max-len)"
         )
     return prompt, 0  # fits, with less room to generate than asked for
 

@@ -10,6 +10,7 @@ import torch
 from higgs_audio.errors import HiggsAudioError
 from higgs_audio.longform import (
     ChunkResult,
+    _decode_joined,
     _fit,
     chunk_seed,
     generate_longform,
@@ -44,6 +45,9 @@ def test_joins_are_one_continuous_decode_and_runs_reproduce(tiny_api, default_ru
     assert len(result.audio) == codes.shape[1] * 960 and np.allclose(result.audio, whole, atol=1e-5)
     again, _ = run(tiny_api)
     assert np.array_equal(again.audio, result.audio)
+    # long audio is decoded block by block with the streaming decoder: the same samples
+    blocks = _decode_joined(tiny_api, result.chunks, block_frames=codes.shape[1] // 3)
+    assert np.allclose(blocks, whole, atol=1e-5)
 
 
 def test_each_chunk_gets_its_own_seed_derived_from_the_run_seed(tiny_api, default_run):
@@ -95,3 +99,20 @@ def test_progress_bar_only_when_asked(tiny_api, capsys):
     assert capsys.readouterr().err == ""
     generate_longform(tiny_api, "Loud please.", seed=1, max_new_tokens=12, progress=True)
     assert "chunk" in capsys.readouterr().err
+
+
+def test_a_chunk_without_audio_is_not_carried_as_context(tiny_api, monkeypatch):
+    real, calls = tiny_api.generate_batch, []
+
+    def second_chunk_silent(requests, **kwargs):
+        [result] = real(requests, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            result.codes, result.warnings = result.codes[:, :0], ["no audio generated"]
+        return [result]
+
+    monkeypatch.setattr(tiny_api, "generate_batch", second_chunk_silent)
+    result, seen = run(tiny_api, max_new_tokens=14)
+    assert [len(prompt.audio) for *_, prompt in seen] == [0, 1, 1]
+    assert "chunk 2/3: no audio generated" in result.warnings
+    assert len(result.audio) == result.codes.shape[1] * 960 > 0
