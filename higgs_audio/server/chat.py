@@ -21,13 +21,12 @@ from higgs_audio.server.schemas import ChatRequest
 from higgs_audio.server.service import (
     OPENAI_VOICES,
     Service,
+    audio_bytes,
     b64,
-    check_upload,
     library_voice,
     observe_first_audio,
     sampling,
     sse_event,
-    strip_data_uri,
     submit,
 )
 
@@ -49,8 +48,8 @@ def chat_messages(service: Service, body: ChatRequest) -> list[Message]:
                 contents.append(TextContent(part.text))
                 chars += len(part.text)
             else:
-                check_upload(part.input_audio.data, service.settings, f"messages.{i}.content.{j}.input_audio")
-                contents.append(AudioContent(raw_audio=strip_data_uri(part.input_audio.data)))
+                param = f"messages.{i}.content.{j}.input_audio.data"
+                contents.append(AudioContent(data=audio_bytes(part.input_audio.data, service.settings, param)))
         role = "system" if m.role == "developer" else m.role
         messages.append(Message(role, contents or [TextContent("")]))
     if chars > service.settings.max_input_chars:

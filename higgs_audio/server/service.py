@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 
@@ -74,15 +75,17 @@ def library_voice(service: Service, name: str):
     return None
 
 
-def strip_data_uri(data: str) -> str:
-    return data.partition(",")[2] if data.startswith("data:") else data
-
-
-def check_upload(data: str, settings: Settings, param: str) -> None:
-    size = len(data) * 3 // 4
+def audio_bytes(data: str, settings: Settings, param: str) -> bytes:
+    """The file bytes of base64 audio (bare or a ``data:`` URI), within the upload limit."""
+    payload = data.partition(",")[2] if data.startswith("data:") else data
+    size = len(payload) * 3 // 4
     if size > settings.max_upload_bytes:
         raise APIError(413, f"{param} is about {size} bytes; the limit is {settings.max_upload_bytes}",
                        param=param, code="upload_too_large")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{param} is not base64 of an audio file", param=param) from None
 
 
 async def submit(service: Service, request: Request, build) -> Job:

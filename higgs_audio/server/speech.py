@@ -15,12 +15,11 @@ from higgs_audio.server.schemas import AudioOptions, SpeechRequest
 from higgs_audio.server.service import (
     OPENAI_VOICES,
     Service,
+    audio_bytes,
     b64,
-    check_upload,
     library_voice,
     observe_first_audio,
     sse_event,
-    strip_data_uri,
     submit,
 )
 
@@ -30,8 +29,8 @@ def speech_voice(service: Service, body: SpeechRequest):
         if not body.reference_text:
             raise APIError(400, "reference_audio needs reference_text, the words spoken in it",
                            param="reference_text")
-        check_upload(body.reference_audio, service.settings, "reference_audio")
-        codes = service.api.encode_audio(AudioContent(raw_audio=strip_data_uri(body.reference_audio)))
+        data = audio_bytes(body.reference_audio, service.settings, "reference_audio")
+        codes = service.api.encode_audio(AudioContent(data=data))
         return VoiceRef(codes, body.reference_text), None
     if not body.voice:
         return None, None

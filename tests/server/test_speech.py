@@ -148,10 +148,12 @@ def test_inline_reference_voice(server):
         plain = c.post("/v1/audio/speech", json={**body, "reference_audio": None, "reference_text": None})
         missing_text = c.post("/v1/audio/speech", json={**body, "reference_text": None})
         garbage = c.post("/v1/audio/speech", json={**body, "reference_audio": base64.b64encode(b"nope").decode()})
+        not_base64 = c.post("/v1/audio/speech", json={**body, "reference_audio": "\u00d6 not base64"})
     assert cloned.status_code == 200 and data_uri.content == cloned.content
     assert cloned.content != plain.content
     assert missing_text.status_code == 400 and missing_text.json()["error"]["param"] == "reference_text"
     assert garbage.status_code == 400 and "audio" in garbage.json()["error"]["message"]
+    assert not_base64.status_code == 400 and not_base64.json()["error"]["param"] == "reference_audio"
 
 
 def test_voice_library_routes(server):
