@@ -88,26 +88,28 @@ def _output(args) -> tuple[Path | None, str]:
     return path, fmt
 
 
-def _voice_specs(values: list[str]) -> dict[str, str] | list[str | None]:
-    """``--voice`` values -> a list (entry i is SPEAKERi; '' leaves a speaker to the model) or a
-    ``{"SPEAKERi": spec}`` mapping. ``a,b`` and repeated flags both list speakers in order; a
-    ``profile:`` value is never split (descriptions may contain commas)."""
+def _voice_specs(values: list[str]) -> dict[str, str]:
+    """``--voice`` values -> ``{"SPEAKERi": spec}``. ``a,b`` and repeated flags list speakers in order
+    (an empty entry, as in ``,b``, leaves that speaker to the model); ``SPEAKERi=spec`` names one. A
+    ``profile:`` value is never split: descriptions may contain commas."""
     keyed: dict[str, str] = {}
-    listed: list[str | None] = []
+    listed: list[str] = []
     for value in values:
         tag, sep, spec = value.partition("=")
         if sep and tag.startswith("SPEAKER") and tag[7:].isdigit():
             if tag in keyed:
                 raise UsageError(f"--voice gives {tag} twice")
-            keyed[tag] = spec
+            if not spec.strip():
+                raise UsageError(f"--voice {tag}= needs a voice after the '='")
+            keyed[tag] = spec.strip()
         elif value.startswith("profile:"):
             listed.append(value)
         else:
-            listed += [v.strip() or None for v in value.split(",")]
+            listed += [v.strip() for v in value.split(",")]
     if keyed and listed:
         raise UsageError("use either --voice a,b (speakers in order) or --voice SPEAKER0=a --voice SPEAKER1=b, "
                          "not both")
-    return keyed or listed
+    return keyed or {f"SPEAKER{i}": spec for i, spec in enumerate(listed) if spec}
 
 
 def _is_path(spec: str) -> bool:
@@ -148,56 +150,50 @@ def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
     return clip
 
 
-def _plan_voices(args, library: VoiceLibrary):
+def _plan_voices(args, library: VoiceLibrary) -> dict:
+    """``{"SPEAKERi": VoiceProfile or _Clip}``, every clip checked to be usable."""
     specs = _voice_specs(args.voice)
-    named = specs.values() if isinstance(specs, dict) else specs
-    if args.ref_text is not None and sum(s is not None for s in named) != 1:
+    if args.ref_text is not None and len(specs) != 1:
         raise UsageError("--ref-text needs exactly one --voice; with several, put each transcript in a .txt "
                          "file next to its clip")
-    plan = {k: _plan_voice(v, library, args.ref_text) for k, v in specs.items()} if isinstance(specs, dict) else [
-        None if s is None else _plan_voice(s, library, args.ref_text) for s in specs]
-    voices = list(plan.values()) if isinstance(plan, dict) else plan
-    in_system = args.refs_in_system or any(v is not None and not isinstance(v, _Clip) for v in voices)
-    for v in voices:
+    plan = {tag: _plan_voice(spec, library, args.ref_text) for tag, spec in specs.items()}
+    in_system = args.refs_in_system or any(not isinstance(v, _Clip) for v in plan.values())
+    for v in plan.values():
         if isinstance(v, _Clip) and v.transcript is None and not in_system:
             raise UsageError(f"{v.label} has no transcript: pass --ref-text \"...\", put it in "
                              f"{v.audio.with_suffix('.txt').name} next to the clip, or use --refs-in-system")
-    return plan or None
+    return plan
 
 
-def _encode_voices(plan, library: VoiceLibrary, codec):
+def _encode_voices(plan: dict, library: VoiceLibrary, codec) -> dict:
     from higgs_audio.prompt import VoiceRef
 
-    def encode(v):
-        return VoiceRef(library.encode(v.audio, codec), v.transcript) if isinstance(v, _Clip) else v
+    return {tag: VoiceRef(library.encode(v.audio, codec), v.transcript) if isinstance(v, _Clip) else v
+            for tag, v in plan.items()}
 
-    if isinstance(plan, dict):
-        return {k: encode(v) for k, v in plan.items()}
-    return None if plan is None else [None if v is None else encode(v) for v in plan]
+
+def _text_or_file(value: str, what: str) -> str:
+    """The contents of the file ``value`` names, or ``value`` itself; a lone word that looks like a path
+    (a '/' or an extension) but names no file is an error rather than silently spoken as text."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    if not any(c.isspace() for c in value.strip()) and ("/" in value or path.suffix):
+        raise UsageError(f"{what} file {path} does not exist")
+    return value.strip()
 
 
 def _scene(value: str | None) -> str | None:
-    """A scene name, a text file, or the scene text itself; ``none`` for no scene."""
+    """A scene name, a text file, or the scene described in words; ``none`` for no scene."""
     if value is None or value == NO_SCENE:
         return None
     if value in SCENES:
         return SCENES[value]
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    if path.suffix == ".txt" or "/" in value:
-        raise UsageError(f"scene file {path} does not exist")
-    if " " not in value.strip():
+    text = _text_or_file(value, "scene")
+    if text == value.strip() and not any(c.isspace() for c in text):
         raise UsageError(f"unknown scene {value!r}{did_you_mean(value, SCENES)} (see 'higgs-audio scenes'; "
                          "a scene described in words needs more than one word)")
-    return value.strip()
-
-
-def _system(value: str | None) -> str | None:
-    if value is None:
-        return None
-    path = Path(value).expanduser()
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else value
+    return text
 
 
 def _sampling(args) -> dict:
@@ -213,7 +209,8 @@ def _prompt_dumper(path: Path | None):
 
     def dump(index, text, seed, prompt):
         audio = [{"output": a.is_output, "codes": a.codes.tolist()} for a in prompt.audio]
-        handle.write(json.dumps({"chunk": index, "seed": seed, "text": text, "ids": prompt.ids, "audio": audio}) + "\n")
+        record = {"chunk": index, "seed": seed, "text": text, "ids": prompt.ids, "audio": audio}
+        handle.write(json.dumps(record) + "\n")
         handle.flush()
 
     return dump, handle
@@ -224,7 +221,8 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
     out, fmt = _output(args)
     if args.chunk is None and (args.chunk_words is not None or args.chunk_turns is not None):
         raise UsageError("--chunk-words and --chunk-turns need --chunk")
-    scene, system = _scene(args.scene), _system(args.system)
+    scene = _scene(args.scene)
+    system = None if args.system is None else _text_or_file(args.system, "system prompt")
     plan = _plan_voices(args, library)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))

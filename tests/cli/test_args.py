@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from higgs_audio.cli import SCENES, UsageError, _scene, _voice_specs, main
+from higgs_audio.cli import SCENES, UsageError, _scene, _text_or_file, _voice_specs, main
 
 
 @pytest.mark.parametrize("values, expected", [
-    (["a,b"], ["a", "b"]),
-    (["a", "b"], ["a", "b"]),
-    ([",b"], [None, "b"]),  # SPEAKER0 left to the model
-    (["profile:a calm, deep voice", "b"], ["profile:a calm, deep voice", "b"]),  # descriptions keep their commas
+    (["a,b"], {"SPEAKER0": "a", "SPEAKER1": "b"}),
+    (["a", "b"], {"SPEAKER0": "a", "SPEAKER1": "b"}),
+    ([",b"], {"SPEAKER1": "b"}),  # SPEAKER0 left to the model
+    (["profile:a calm, deep voice", "b"], {"SPEAKER0": "profile:a calm, deep voice", "SPEAKER1": "b"}),
     (["SPEAKER1=b", "SPEAKER0=a,c"], {"SPEAKER1": "b", "SPEAKER0": "a,c"}),
-    ([], []),
+    ([], {}),
 ])
 def test_voice_specs(values, expected):
     assert _voice_specs(values) == expected
@@ -22,6 +22,7 @@ def test_voice_specs(values, expected):
 @pytest.mark.parametrize("values, message", [
     (["SPEAKER0=a", "b"], "use either"),
     (["SPEAKER0=a", "SPEAKER0=b"], "gives SPEAKER0 twice"),
+    (["SPEAKER0="], "needs a voice after the '='"),
 ])
 def test_voice_spec_errors(values, message):
     with pytest.raises(UsageError, match=message):
@@ -39,6 +40,16 @@ def test_scene_by_name_file_or_words(tmp_path):
         _scene(str(tmp_path / "missing.txt"))
     with pytest.raises(UsageError, match="did you mean 'reading_blog'"):
         _scene("reading_blg")
+    assert _scene("Half indoor/outdoor ambience.") == "Half indoor/outdoor ambience."
+
+
+def test_system_prompt_text_or_file(tmp_path):
+    path = tmp_path / "interpreter.txt"
+    path.write_text("You are a simultaneous interpreter.\n")
+    assert _text_or_file(str(path), "system prompt") == "You are a simultaneous interpreter."
+    assert _text_or_file("Speak slowly and/or calmly.", "system prompt") == "Speak slowly and/or calmly."
+    with pytest.raises(UsageError, match="system prompt file .*typo.txt does not exist"):
+        _text_or_file(str(tmp_path / "typo.txt"), "system prompt")
 
 
 def test_scenes_command(capsys):
