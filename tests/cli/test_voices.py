@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -183,7 +184,7 @@ def test_codes_are_cached_by_audio_hash_and_codec(tmp_path, clips, codecs):
 
 def test_folders_and_cache_from_environment(tmp_path, monkeypatch, clips):
     a, b = tmp_path / "a", tmp_path / "b"
-    monkeypatch.setenv("HIGGS_AUDIO_VOICES", f"{a}{__import__('os').pathsep}{b}")
+    monkeypatch.setenv("HIGGS_AUDIO_VOICES", f"{a}{os.pathsep}{b}")
     monkeypatch.setenv("HIGGS_AUDIO_CACHE", str(tmp_path / "codes"))
     lib = VoiceLibrary()
     assert lib.folders == [a, b] and lib.home == a and lib.cache_dir == tmp_path / "codes"
