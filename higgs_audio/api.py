@@ -127,7 +127,10 @@ class HiggsAudio:
                 wave = source.array.numpy() if isinstance(source.array, torch.Tensor) else source.array
                 return self.codec.encode(np.asarray(wave, dtype=np.float32), source.sample_rate)
             if kind == "raw_audio":
-                source = base64.b64decode(source.raw_audio, validate=False)
+                try:
+                    source = base64.b64decode(source.raw_audio, validate=True)
+                except ValueError:
+                    raise AudioInputError("raw_audio is not valid base64 (expected a base64-encoded audio file)") from None
             else:
                 source = source.data if kind == "data" else source.audio_url
         wave, rate = read_audio(source)
@@ -187,10 +190,10 @@ class HiggsAudio:
         """Generate several requests, decoding up to ``max_batch`` of them together. With ``decode=False``
         the codes are not turned into audio (``audio`` is empty), for callers that decode them together."""
         reqs = [r if isinstance(r, Request) else self.request(**r) for r in requests]
-        runs = [_Run(self, r) for r in reqs]
+        runs = [RunCollector(self, r) for r in reqs]
         with self._lock:
             pending = list(range(len(runs)))
-            live: dict[int, _Run] = {}
+            live: dict[int, RunCollector] = {}
             while pending or live:
                 while pending and self.decoder.free_slots():
                     run = runs[pending.pop(0)]
@@ -205,7 +208,7 @@ class HiggsAudio:
     def stream(self, text: str | None = None, *, chunk_frames: int = 10, **kwargs) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks as soon as they can be decoded; the first one once the first frames
         clear the delay pattern and the codec's look-ahead, later ones every ``chunk_frames`` frames."""
-        run = _Run(self, self.request(text, **kwargs))
+        run = RunCollector(self, self.request(text, **kwargs))
         decoder = self.codec.stream_decoder()
         pending: list[torch.Tensor] = []
         first = True
@@ -263,8 +266,8 @@ def _texts(message: Message) -> list[str]:
     return [c.text for c in message.contents() if isinstance(c, TextContent)]
 
 
-class _Run:
-    """Collects one request's events into frames, text and timings."""
+class RunCollector:
+    """Collects one request's events into frames, text and timings (used by the API and the server)."""
 
     def __init__(self, api: HiggsAudio, request: Request):
         self.api, self.request = api, request

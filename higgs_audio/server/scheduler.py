@@ -20,7 +20,7 @@ from collections import deque
 
 import torch
 
-from higgs_audio.api import HiggsAudio, _Run
+from higgs_audio.api import HiggsAudio, RunCollector
 from higgs_audio.engine import FRAME_RATE, Request
 from higgs_audio.server.metrics import Metrics
 
@@ -38,7 +38,7 @@ class Job:
     ``("done", reason)`` or ``("error", exception)``; ``done`` and ``error`` are last.
     """
 
-    def __init__(self, scheduler: Scheduler, run: _Run, loop: asyncio.AbstractEventLoop, deadline: float,
+    def __init__(self, scheduler: Scheduler, run: RunCollector, loop: asyncio.AbstractEventLoop, deadline: float,
                  request_id: str):
         self.scheduler, self.run, self.loop = scheduler, run, loop
         self.deadline, self.request_id = deadline, request_id
@@ -102,7 +102,7 @@ class Scheduler:
 
     def submit(self, request: Request, request_id: str = "-") -> Job:
         """Queue ``request``; raises ``QueueFull`` when ``max_queue`` requests are already waiting."""
-        job = Job(self, _Run(self.api, request), asyncio.get_running_loop(), time.monotonic() + self.timeout_s,
+        job = Job(self, RunCollector(self.api, request), asyncio.get_running_loop(), time.monotonic() + self.timeout_s,
                   request_id)
         with self._cond:
             if len(self._pending) >= self.max_queue:

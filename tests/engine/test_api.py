@@ -103,3 +103,10 @@ def test_reference_serve_engine_shim(tiny_original, tiny_codec):
     out = engine.generate(chat_ml_sample=sample, max_new_tokens=20, force_audio_gen=True, temperature=0)
     assert out.audio is not None and out.generated_text.startswith("<|AUDIO_OUT|>") is False
     assert out.usage["total_tokens"] == out.usage["prompt_tokens"] + out.usage["completion_tokens"]
+
+
+def test_bad_base64_audio_is_a_clear_input_error(tiny_api):
+    from higgs_audio import AudioInputError
+
+    with pytest.raises(AudioInputError, match="not valid base64"):
+        tiny_api.encode_audio(AudioContent(raw_audio="é not base64 !"))
