@@ -50,9 +50,11 @@ class GenerationResult:
 class HiggsAudio:
     """Text (and optional reference voices, scene, system prompt) in, speech out."""
 
-    def __init__(self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096):
+    def __init__(
+        self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096, compile: bool = False
+    ):
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
-        self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len)
+        self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile)
         self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
         self._lock = threading.Lock()
 
@@ -67,11 +69,13 @@ class HiggsAudio:
         quantize: str | None = None,
         max_batch: int = 1,
         max_len: int = 4096,
+        compile: bool = False,
     ) -> HiggsAudio:
         """Load the generation model and the audio codec (hub ids or local directories).
 
         ``dtype`` is the compute dtype (``auto``: bf16 on GPUs; on CPUs bf16 weights with fp32 compute);
-        ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized.
+        ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized;
+        ``compile=True`` captures the decode step with torch.compile (CUDA graphs on CUDA).
         """
         from higgs_audio.codec.codec import AudioCodec
 
@@ -83,6 +87,7 @@ class HiggsAudio:
             AudioCodec.from_pretrained(codec, device=device),
             max_batch=max_batch,
             max_len=max_len,
+            compile=compile,
         )
 
     @property

@@ -46,6 +46,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", default=DEFAULT_CODEC, help="audio tokenizer checkpoint: hub id or folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--quantize", choices=("int8", "int4"), help="store the model's linear weights quantized")
+    p.add_argument("--compile", action="store_true", help="capture the decode step with torch.compile "
+                   "(CUDA graphs on CUDA; slow to start on a CPU)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default="higgs-audio-v2", help="model id shown by /v1/models")
@@ -88,6 +91,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
         max_new_tokens=args.max_new_tokens,
     )
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
+                                     quantize=args.quantize, compile=args.compile,
                                      max_batch=args.max_batch, max_len=args.max_len)
     app = create_app(api, library or VoiceLibrary(args.voices_dir), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
