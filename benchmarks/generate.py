@@ -53,7 +53,7 @@ def write_weights(cache: Path) -> Path:
     for name, shape in shapes.items():
         group = name.split(".")[1] if name.startswith("layers.") else "rest"
         groups.setdefault(group, {})[name] = shape
-    weight_map, g = {}, torch.Generator().manual_seed(0)
+    weight_map, total, g = {}, 0, torch.Generator().manual_seed(0)
     for i, (group, members) in enumerate(sorted(groups.items())):
         tensors = {}
         for name, shape in members.items():
@@ -64,8 +64,10 @@ def write_weights(cache: Path) -> Path:
         fname = f"model-{i:05d}.safetensors"
         save_file(tensors, str(target / fname))
         weight_map.update({k: fname for k in tensors})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
         print(f"  wrote shard {fname}", file=sys.stderr)
-    (target / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (target / "model.safetensors.index.json").write_text(json.dumps(index))
     (target / "config.json").write_text(json.dumps(native_config(FULL)))
     write_text_tokenizer(target)
     (target / "done").touch()

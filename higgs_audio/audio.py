@@ -11,7 +11,6 @@ import binascii
 import io
 import math
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import soundfile as sf
 import soxr
 
 from higgs_audio.errors import AudioInputError
+from higgs_audio.files import atomic_write
 
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
@@ -268,12 +268,5 @@ def write_audio(
         raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
     return path

@@ -15,7 +15,6 @@ appended before prefill, which saves the AUDIO_INIT forward pass.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -357,13 +356,6 @@ class BatchDecoder:
         longest = max(len(x) for x in stops)
         tail = self.tokenizer.decode(s.text_ids[-longest:])
         return any(x in tail for x in stops)
-
-
-@dataclass
-class Timings:
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    first_audio_s: float | None = None  # from the request's start to its first decodable audio frame
 
 
 class FrameAssembler:

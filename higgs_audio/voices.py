@@ -22,13 +22,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from higgs_audio.files import atomic_write
 from higgs_audio.errors import AudioInputError, HiggsAudioError
 
 VOICES_ENV = "HIGGS_AUDIO_VOICES"  # library folders, separated by os.pathsep; the first one is written to
@@ -133,17 +133,6 @@ def codec_fingerprint(codec) -> str:
         h.update(f"{name}{tuple(tensor.shape)}".encode())
         h.update(sample.tobytes())
     return h.hexdigest()[:16]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_profiles(path: Path) -> dict[str, str]:
@@ -294,7 +283,7 @@ class VoiceLibrary:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, codes.cpu().numpy().astype(np.int16), allow_pickle=False)
-        _atomic_write(cached, buffer.getvalue())
+        atomic_write(cached, buffer.getvalue())
         return codes
 
     # -- changing -------------------------------------------------------------------------------
@@ -318,8 +307,8 @@ class VoiceLibrary:
         if existing:
             self._delete_clip(name)
         target = self.home / f"{name}{audio.suffix.lower()}"
-        _atomic_write(target, audio.read_bytes())
-        _atomic_write(self.home / f"{name}.txt", (transcript + "\n").encode("utf-8"))
+        atomic_write(target, audio.read_bytes())
+        atomic_write(self.home / f"{name}.txt", (transcript + "\n").encode("utf-8"))
         return Voice(name, "clip", self.home, target, transcript)
 
     def add_profile(self, name: str, description: str, *, force: bool = False) -> Voice:
@@ -336,7 +325,7 @@ class VoiceLibrary:
             raise VoiceError(f"profile {name!r} already exists in {path}; pass --force to replace it")
         profiles[name] = description
         self.home.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, yaml.safe_dump({"profiles": profiles}, allow_unicode=True, width=1 << 16).encode())
+        atomic_write(path, yaml.safe_dump({"profiles": profiles}, allow_unicode=True, width=1 << 16).encode())
         return Voice(name, "profile", path, description=description)
 
     def remove(self, name: str) -> Voice:
@@ -349,7 +338,7 @@ class VoiceLibrary:
         if voice.kind == "profile":
             profiles = _read_profiles(voice.source)
             del profiles[voice.name]
-            _atomic_write(voice.source, yaml.safe_dump({"profiles": profiles}, allow_unicode=True,
+            atomic_write(voice.source, yaml.safe_dump({"profiles": profiles}, allow_unicode=True,
                                                        width=1 << 16).encode())
         elif voice.kind == "preset":
             self._delete_preset(voice.source, voice.name)
@@ -378,7 +367,7 @@ class VoiceLibrary:
         path = folder / PRESETS_FILE
         presets = _read_presets(path)
         audio = (folder / presets.pop(name)["audio_file"]).resolve()
-        _atomic_write(path, (json.dumps(presets, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        atomic_write(path, (json.dumps(presets, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         shared = any((folder / p["audio_file"]).resolve() == audio for p in presets.values())
         if not shared and folder.resolve() in audio.parents:  # never delete files outside the folder
             audio.unlink(missing_ok=True)

@@ -55,9 +55,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if flat.shape[0] > _DECODE_ROWS and not (x.is_cuda or cpu_has_native_bf16()):
-            # Prefill on a CPU without native bf16: dequantise once and multiply in fp32.
-            out = F.linear(flat.float(), self.weight.float() * self.scales.float()[:, None])
+        if flat.shape[0] > _DECODE_ROWS:
+            # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
+            # a CPU without native bf16.
+            dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
+            out = F.linear(flat.to(dtype), self.weight.to(dtype) * self.scales.to(dtype)[:, None])
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
         return out.to(x.dtype).reshape(*shape[:-1], -1)

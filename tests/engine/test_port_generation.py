@@ -28,7 +28,7 @@ def test_greedy_codes_equal_port(tiny_native):
     params = SamplingParams(temperature=0, ras_window=0, max_new_tokens=frames)
 
     decoder = BatchDecoder(model, tok, max_batch=1, max_len=256)
-    slot = decoder.add(Request(ids, [ref], params))
+    decoder.add(Request(ids, [ref], params))
     ours = []  # the forced all-bos column sits in the prompt and is reported by the first step
     done = False
     while not done:
