@@ -103,6 +103,9 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
     max_len = len(ids) + REF_FRAMES + 9 + frames + 16
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
+    warm = BatchDecoder(model, tok, max_batch=1, max_len=max_len)
+    warm.release(warm.add(Request(ids, [ref], params)))  # first-call kernel set-up is not prefill time
+    del warm
     for n in sorted(set(streams)):
         decoder = BatchDecoder(model, tok, max_batch=n, max_len=max_len, compile=compile)
         sync()
@@ -158,14 +161,17 @@ def run_port(weights: Path, device: str, frames: int) -> dict:
     at = ids.index(tok.token_id("<|AUDIO_OUT|>"))
     ids = ids[:at] + [ids[at]] * block.shape[1] + ids[at + 1 :]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    inputs = dict(
+        input_ids=torch.tensor([ids], device=device),
+        audio_input_ids=block.t()[None].to(device),
+        audio_input_ids_mask=torch.ones(1, block.shape[1], dtype=torch.bool, device=device),
+        use_cache=True,
+    )
     with torch.inference_mode():
+        model.model(**inputs)  # first-call kernel set-up, as for ours
+        sync()
         t = time.perf_counter()
-        out = model.model(
-            input_ids=torch.tensor([ids], device=device),
-            audio_input_ids=block.t()[None].to(device),
-            audio_input_ids_mask=torch.ones(1, block.shape[1], dtype=torch.bool, device=device),
-            use_cache=True,
-        )
+        out = model.model(**inputs)
         logits = model.audio_lm_head(out.last_hidden_state[:, -1:])
         sync()
         prefill = time.perf_counter() - t

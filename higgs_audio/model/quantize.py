@@ -7,6 +7,8 @@ and many times slower than fp32): ``CompactLinear`` upcasts the weight there ins
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,20 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+_scratch = threading.local()
+
+
+def _widened(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` converted to ``dtype`` in a reused per-thread buffer: a fresh 50-100 MB allocation per
+    call costs more in page faults than the conversion itself (prefill converts every layer's weights)."""
+    key = (dtype, weight.device)
+    buf = getattr(_scratch, "buffers", {}).get(key)
+    if buf is None or buf.numel() < weight.numel():
+        buf = torch.empty(weight.numel(), dtype=dtype, device=weight.device)
+        _scratch.buffers = {**getattr(_scratch, "buffers", {}), key: buf}
+    return buf[: weight.numel()].view(weight.shape).copy_(weight)
+
+
 class CompactLinear(nn.Module):
     """A bias-free linear layer keeping its weight in a smaller dtype than the activations."""
 
@@ -32,7 +48,7 @@ class CompactLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.native or x.numel() // x.shape[-1] <= _DECODE_ROWS:
             return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype))
+        return F.linear(x, _widened(self.weight, x.dtype))
 
 
 class Int8Linear(nn.Module):
@@ -59,7 +75,7 @@ class Int8Linear(nn.Module):
             # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
             # a CPU without native bf16.
             dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
-            out = F.linear(flat.to(dtype), self.weight.to(dtype) * self.scales.to(dtype)[:, None])
+            out = F.linear(flat.to(dtype), _widened(self.weight, dtype).mul_(self.scales.to(dtype)[:, None]))
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
         return out.to(x.dtype).reshape(*shape[:-1], -1)
