@@ -90,3 +90,20 @@ def test_int8_and_int4_linear_error_is_small():
         assert rel < tol, (type(layer).__name__, rel)
     with pytest.raises(ValueError, match="divisible by 128"):
         Int4Linear.from_float(torch.randn(8, 100))
+
+
+def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_logits, monkeypatch):
+    """On a CPU that emulates bf16, compact weights are widened to fp32 for prefill-sized matmuls, and int8
+    prefill dequantises to fp32; both still agree with the fp32 model."""
+    import higgs_audio.model.quantize as quantize_module
+
+    widened = []
+    real_widened = quantize_module._widened
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(quantize_module, "_widened", lambda w, d: widened.append(d) or real_widened(w, d))
+    for load in (dict(dtype="auto"), dict(quantize="int8")):
+        widened.clear()
+        logits = _teacher_forced_logits(small_dir, **load)
+        assert widened and set(widened) == {torch.float32}, load
+        agree = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
+        assert agree >= 0.95, (load, agree)
