@@ -110,7 +110,7 @@ def test_json_routes(server, spec, path):
     statuses: list[int] = []
     with server.client(timeout=120) as client:
 
-        @settings(max_examples=40, deadline=None, database=None,
+        @settings(max_examples=40, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
         @given(body=schemas.bodies(request_schema(spec, path)))
         def run(body):
@@ -124,7 +124,7 @@ def test_json_routes(server, spec, path):
 def test_malformed_bodies_and_voice_routes(server):
     with server.client() as client:
 
-        @settings(max_examples=60, deadline=None, database=None,
+        @settings(max_examples=60, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.function_scoped_fixture])
         @given(raw=st.binary(max_size=200), name=st.text(max_size=70),
                form=st.dictionaries(st.sampled_from(["name", "transcript", "description", "force"]),
