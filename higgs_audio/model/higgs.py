@@ -49,16 +49,25 @@ def merge_placeholders(
     return MergedInput(torch.cat(pieces_ids), torch.cat(pieces_codes), torch.cat(pieces_audio), torch.cat(pieces_out))
 
 
+def _uninitialized_embedding(rows: int, dim: int) -> nn.Embedding:
+    # Weights always come from a checkpoint. Skipping the random init also avoids torch's slow first use of
+    # normal_ on the meta device (it imports the compiler stack: about 1 s at every start of the CLI).
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+
+
 class HiggsAudioModel(nn.Module):
-    """A stateless function of (inputs, cache): the caller owns the KV cache and all generation state."""
+    """A stateless function of (inputs, cache): the caller owns the KV cache and all generation state.
+
+    Built by ``checkpoint.load_model``: weights come from a checkpoint, derived buffers from ``reset_buffers``.
+    """
 
     def __init__(self, cfg: ModelConfig, text_head: bool = True):
         super().__init__()
         self.cfg = cfg
         self.compute_dtype: torch.dtype | None = None  # activations' dtype when weights are stored smaller
         h, k = cfg.hidden_size, cfg.num_codebooks
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, h)
-        self.audio_codebook_embeddings = nn.Embedding(k * cfg.audio_vocab_size, h)
+        self.embed_tokens = _uninitialized_embedding(cfg.vocab_size, h)
+        self.audio_codebook_embeddings = _uninitialized_embedding(k * cfg.audio_vocab_size, h)
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, dual=cfg.is_dual_ffn(i), fast_forward=cfg.is_fast_forward(i))
             for i in range(cfg.num_layers)
@@ -66,10 +75,10 @@ class HiggsAudioModel(nn.Module):
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
         self.text_head = nn.Linear(h, cfg.vocab_size, bias=False) if text_head else None
         self.audio_head = nn.Linear(h, k * cfg.audio_vocab_size, bias=False)
-        self.reset_buffers()
 
     def reset_buffers(self, device=None) -> None:
-        """(Re)compute the derived, non-checkpoint buffers, e.g. after weights were assigned from meta tensors."""
+        """Compute the derived, non-checkpoint buffers on ``device``. ``load_model`` calls this once the
+        weights are in place (the model is built on the meta device, where computing them is slow)."""
         cfg = self.cfg
         self.register_buffer("inv_freq", rope_inv_freq(cfg).to(device), persistent=False)
         offsets = torch.arange(cfg.num_codebooks, device=device) * cfg.audio_vocab_size
