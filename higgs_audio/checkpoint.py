@@ -205,8 +205,13 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_tensors(source, expected, directory)
     state = {name: source.get(name).to(device=device, dtype=storage) for name in expected}
+    if quantize:
+        # Tensors read on the CPU are views of the memory-mapped files, and one live view keeps its whole
+        # file mapped. Copy what stays in float so each shard is unmapped once its linears are quantized.
+        linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        state = {k: v if k in linear else v.clone() for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    del state
+    del state, source  # the open files' mappings go as soon as no tensor uses them
     model.reset_buffers(device)
     model.compute_dtype = compute
     if quantize:

@@ -119,25 +119,23 @@ class Int4Linear(nn.Module):
         return out.to(x.dtype).reshape(*shape[:-1], -1)
 
 
-def _linears(model: nn.Module):
-    """(parent, attribute name, module) of every nn.Linear inside the decoder layers and the heads."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                yield parent, name, child
+def _swap_linears(model: nn.Module, make) -> None:
+    """Replace every nn.Linear with ``make(weight)``, one at a time. Modules are looked up by name as we go:
+    holding them all in a list would keep every old weight alive until the end (double peak memory)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        setattr(owner, attr, make(getattr(owner, attr).weight.data))
 
 
 def compact_linears(model: nn.Module, native: bool) -> None:
     """Swap every nn.Linear for a CompactLinear over the same (already compact) weight."""
-    for parent, name, lin in _linears(model):
-        setattr(parent, name, CompactLinear(lin.weight.data, native))
+    _swap_linears(model, lambda weight: CompactLinear(weight, native))
 
 
 def quantize_linears(model: nn.Module, mode: str) -> None:
-    """Swap every nn.Linear for its weight-only ``mode`` version, one layer at a time (bounded memory)."""
+    """Swap every nn.Linear for its weight-only ``mode`` version."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}: use one of {', '.join(MODES)}")
-    make = Int8Linear.from_float if mode == "int8" else Int4Linear.from_float
-    for parent, name, lin in _linears(model):
-        setattr(parent, name, make(lin.weight.data))
-        del lin
+    _swap_linears(model, Int8Linear.from_float if mode == "int8" else Int4Linear.from_float)
