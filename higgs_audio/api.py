@@ -299,14 +299,12 @@ class RunCollector:
             self.text_ids.append(event.token)
         elif event.kind == "audio":
             self.steps += 1
-            frame = self.frames.push(event.column)
+            frame = self.frames.push(event.column, last=event.last)
             if frame is not None:
                 if self.t_first is None:
                     self.t_first = time.perf_counter()
                 self.codes.append(frame.cpu())
                 return frame
-        elif event.kind == "segment_end":
-            self.frames.push(torch.empty(0), segment_end=True)
         elif event.kind == "done":
             self.reason = event.reason
             self.t_end = time.perf_counter()

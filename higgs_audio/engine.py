@@ -74,9 +74,10 @@ class Event:
     """What one step produced for one stream."""
 
     slot: int
-    kind: str  # "text" | "audio" | "segment_end" | "done"
+    kind: str  # "text" | "audio" | "done"
     token: int | None = None  # kind == "text"
     column: torch.Tensor | None = None  # kind == "audio": the raw delayed column (K,)
+    last: bool = False  # kind == "audio": this column ends its audio segment
     reason: str | None = None  # kind == "done": "stop" | "length" | "max_audio" | "no_text_head"
 
 
@@ -300,11 +301,10 @@ class BatchDecoder:
         for i, slot in enumerate(rows.tolist()):
             s = self.streams[slot]
             s.columns.append(column[i])
-            events.append(Event(slot, "audio", column=column[i]))
+            events.append(Event(slot, "audio", column=column[i], last=bool(finished[i])))
             if finished[i]:
                 s.text_ids.append(self.tokens.audio_eos)
                 s.columns = []
-                events.append(Event(slot, "segment_end"))
             elif s.guard_columns is not None and len(s.columns) >= s.guard_columns:
                 log.warning(
                     "stream %d: audio ran past its %.1f s limit without ending; stopping (raise "
@@ -372,11 +372,11 @@ class FrameAssembler:
         self.recent: list[torch.Tensor] = []
         self.count = 0
 
-    def push(self, column: torch.Tensor, segment_end: bool = False) -> torch.Tensor | None:
-        """Add a column; return the newly completed (K,) frame, or None."""
+    def push(self, column: torch.Tensor, last: bool = False) -> torch.Tensor | None:
+        """Add a column (``last``: it ends the segment); return the newly completed (K,) frame, or None."""
         self.count += 1
         self.recent = (self.recent + [column])[-self.k :]
-        if segment_end:
+        if last:
             self.recent, self.count = [], 0
             return None
         if self.count - self.k < 1:

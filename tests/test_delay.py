@@ -88,3 +88,18 @@ def test_delay_state_from_column():
     num_delay, remaining = delay_state_from_column(columns, B, E)
     assert num_delay.tolist() == [0, 3, 8, 8]
     assert remaining.tolist() == [-1, -1, -1, 5]
+
+
+def test_frame_assembler_streams_exactly_the_trimmed_codes_of_a_segment():
+    """Frames emitted column by column equal delayed_to_codes of the whole segment (spec §5.4 example:
+    eos on row 0 at column 4, last column 11, frames 1..3 kept), also across two segments."""
+    from higgs_audio.engine import FrameAssembler
+
+    g = torch.Generator().manual_seed(4)
+    assembler = FrameAssembler(8, 1024)
+    for frames in (3, 11):
+        delayed = add_delay_pattern(torch.randint(0, 1024, (8, frames), generator=g), 1024, 1025)
+        n = delayed.shape[1]
+        got = [assembler.push(delayed[:, c], last=c == n - 1) for c in range(n)]
+        got = torch.stack([f for f in got if f is not None], dim=1)
+        assert torch.equal(got, delayed_to_codes(delayed, 1024))
