@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 import time
 import warnings
@@ -120,7 +119,7 @@ class HiggsAudio:
 
     def encode_audio(self, source) -> torch.Tensor:
         """Audio (path, bytes, base64 string of a file, AudioContent) -> codes (K, T)."""
-        from higgs_audio.audio import read_audio
+        from higgs_audio.audio import read_audio, read_audio_base64
 
         if isinstance(source, AudioContent):
             kind = source.source
@@ -132,12 +131,9 @@ class HiggsAudio:
                 wave = source.array.numpy() if isinstance(source.array, torch.Tensor) else source.array
                 return self.codec.encode(np.asarray(wave, dtype=np.float32), source.sample_rate)
             if kind == "raw_audio":
-                try:
-                    source = base64.b64decode(source.raw_audio, validate=True)
-                except ValueError:
-                    raise AudioInputError("raw_audio is not valid base64 (expected a base64-encoded audio file)") from None
-            else:
-                source = source.data if kind == "data" else source.audio_url
+                wave, rate = read_audio_base64(source.raw_audio)
+                return self.codec.encode(wave, rate)
+            source = source.data if kind == "data" else source.audio_url
         wave, rate = read_audio(source)
         return self.codec.encode(wave, rate)
 
