@@ -110,9 +110,9 @@ class HiggsAudio:
             return VoiceProfile(name)
         path = Path(spec)
         if path.suffix and path.is_file():
-            if transcript is None and path.with_suffix(".txt").is_file():
-                transcript = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-            return VoiceRef(self.encode_audio(path), transcript)
+            from higgs_audio.voices import sidecar_transcript
+
+            return VoiceRef(self.encode_audio(path), transcript if transcript is not None else sidecar_transcript(path))
         if self.voice_library is not None:
             return self.voice_library.get(str(spec), self.codec)
         raise AudioInputError(f"voice {spec!r} is not an audio file, a 'profile:' description or a known voice")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from higgs_audio.audio import FORMATS
 from higgs_audio.errors import AudioInputError, HiggsAudioError
-from higgs_audio.voices import VOICES_ENV, Voice, VoiceLibrary, did_you_mean
+from higgs_audio.voices import VOICES_ENV, Voice, VoiceLibrary, did_you_mean, sidecar_transcript
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # = checkpoint.DEFAULT_MODEL, without importing torch
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
@@ -138,9 +138,7 @@ def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
         audio = Path(spec).expanduser()
         if not audio.is_file():
             raise AudioInputError(f"voice audio file {audio} does not exist")
-        sidecar = audio.with_suffix(".txt")
-        transcript = ref_text or (sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None)
-        clip = _Clip(str(audio), audio, transcript or None)
+        clip = _Clip(str(audio), audio, ref_text or sidecar_transcript(audio))
     else:
         voice: Voice = library.find(spec)
         if voice.is_profile:
@@ -290,10 +288,7 @@ def cmd_voices(args, library: VoiceLibrary) -> int:
             voice = library.add_profile(args.name, args.profile, force=args.force)
             print(f"added profile:{voice.name} to {voice.source}")
         else:
-            text = args.text
-            sidecar = Path(args.audio).expanduser().with_suffix(".txt")
-            if text is None and sidecar.is_file():
-                text = sidecar.read_text(encoding="utf-8")
+            text = args.text if args.text is not None else sidecar_transcript(Path(args.audio).expanduser())
             if not text or not text.strip():
                 raise UsageError(f"voice {args.name!r} needs the words spoken in the clip: pass --text \"...\"")
             voice = library.add(args.name, args.audio, text, force=args.force)

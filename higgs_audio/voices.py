@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from higgs_audio.files import atomic_write
 from higgs_audio.errors import AudioInputError, HiggsAudioError
+from higgs_audio.files import atomic_write
 
 VOICES_ENV = "HIGGS_AUDIO_VOICES"  # library folders, separated by os.pathsep; the first one is written to
 CACHE_ENV = "HIGGS_AUDIO_CACHE"  # folder for cached reference codes
@@ -135,6 +135,12 @@ def codec_fingerprint(codec) -> str:
     return h.hexdigest()[:16]
 
 
+def sidecar_transcript(audio: Path) -> str | None:
+    """The transcript kept beside a clip as ``NAME.txt`` (the reference's voice-folder layout), if any."""
+    text = audio.with_suffix(".txt")
+    return (text.read_text(encoding="utf-8").strip() or None) if text.is_file() else None
+
+
 def _read_profiles(path: Path) -> dict[str, str]:
     import yaml
 
@@ -176,9 +182,7 @@ def _scan(folder: Path) -> list[Voice]:
                                system_prompt=entry.get("system_prompt")))
     for audio in sorted(folder.iterdir()):
         if audio.suffix.lower() in AUDIO_SUFFIXES and audio.is_file() and audio.resolve() not in used:
-            text = audio.with_suffix(".txt")
-            transcript = text.read_text(encoding="utf-8").strip() if text.is_file() else None
-            found.append(Voice(audio.stem, "clip", folder, audio, transcript or None))
+            found.append(Voice(audio.stem, "clip", folder, audio, sidecar_transcript(audio)))
     profiles = folder / PROFILES_FILE
     if profiles.is_file():
         found += [Voice(n, "profile", profiles, description=d) for n, d in _read_profiles(profiles).items()]
