@@ -119,7 +119,7 @@ class _Stream:
 
     request: Request
     text_ids: list[int] = field(default_factory=list)
-    columns: list[torch.Tensor] = field(default_factory=list)  # current audio segment, delayed columns
+    segment_columns: int = 0  # columns of the current audio segment so far (for the runaway guard)
     new_tokens: int = 0
     guard_columns: int | None = None
 
@@ -210,9 +210,9 @@ class BatchDecoder:
         self.init[slot] = False
         self.num_delay[slot], self.remaining[slot] = 0, -1
         if forced_audio:
-            stream.columns.append(bos_column[:, 0].to(dev))
+            stream.segment_columns = 1
             stream.new_tokens = 1  # the audio start counts as a step, as in the reference
-            self._pending.append(Event(slot, "audio", column=stream.columns[0]))
+            self._pending.append(Event(slot, "audio", column=bos_column[:, 0].to(dev)))
         # RAS looks back over every audio-out column, prompt blocks included (spec §5.3).
         out_cols = merged.codes[merged.audio_out].t().to(dev)
         hist = torch.full((k, self.HISTORY), -1, dtype=torch.long, device=dev)
@@ -300,12 +300,12 @@ class BatchDecoder:
         events = []
         for i, slot in enumerate(rows.tolist()):
             s = self.streams[slot]
-            s.columns.append(column[i])
+            s.segment_columns += 1
             events.append(Event(slot, "audio", column=column[i], last=bool(finished[i])))
             if finished[i]:
                 s.text_ids.append(self.tokens.audio_eos)
-                s.columns = []
-            elif s.guard_columns is not None and len(s.columns) >= s.guard_columns:
+                s.segment_columns = 0
+            elif s.guard_columns is not None and s.segment_columns >= s.guard_columns:
                 log.warning(
                     "stream %d: audio ran past its %.1f s limit without ending; stopping (raise "
                     "max_audio_seconds if the text really needs longer)",
@@ -327,7 +327,7 @@ class BatchDecoder:
         self.history[rows] = torch.cat([self.history[rows, :, 1:], column[:, :, None]], dim=-1)
         events = []
         for i, slot in enumerate(rows.tolist()):
-            self.streams[slot].columns = [column[i]]
+            self.streams[slot].segment_columns = 1
             events.append(Event(slot, "audio", column=column[i]))
         return events
 
