@@ -120,7 +120,7 @@ class _Stream:
     request: Request
     text_ids: list[int] = field(default_factory=list)
     segment_columns: int = 0  # columns of the current audio segment so far (for the runaway guard)
-    new_tokens: int = 0
+    steps_left: int = 0  # decode steps before max_new_tokens or the cache length is reached
     guard_columns: int | None = None
 
 
@@ -209,9 +209,10 @@ class BatchDecoder:
         self.next_audio[slot] = bool(merged.audio[-1])
         self.init[slot] = False
         self.num_delay[slot], self.remaining[slot] = 0, -1
+        # max_new_tokens counts the audio start too, as in the reference; the cache ends at max_len.
+        stream.steps_left = min(p.max_new_tokens - forced_audio, self.max_len - n)
         if forced_audio:
             stream.segment_columns = 1
-            stream.new_tokens = 1  # the audio start counts as a step, as in the reference
             self._pending.append(Event(slot, "audio", column=bos_column[:, 0].to(dev)))
         # RAS looks back over every audio-out column, prompt blocks included (spec §5.3).
         out_cols = merged.codes[merged.audio_out].t().to(dev)
@@ -271,12 +272,11 @@ class BatchDecoder:
             events += self._text_step(text_rows, h[text_rows])
         self.pos[:hi] += active
         self.counter[:hi] += active
-        for slot in list(self.streams):
-            s = self.streams[slot]
-            s.new_tokens += 1
-            if s.new_tokens >= s.request.params.max_new_tokens or self.pos[slot] + 1 >= self.max_len:
-                if not any(e.slot == slot and e.kind == "done" for e in events):
-                    events.append(Event(slot, "done", reason="length"))
+        done = {e.slot for e in events if e.kind == "done"}
+        for slot, s in self.streams.items():
+            s.steps_left -= 1
+            if s.steps_left <= 0 and slot not in done:
+                events.append(Event(slot, "done", reason="length"))
         for e in events:
             if e.kind == "done":
                 self.release(e.slot)
