@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on CUDA)")
     parser.add_argument("--skip-port", action="store_true")
+    parser.add_argument("--cpu-isa", help="cap oneDNN and ATen to this instruction set (e.g. avx2) in both engines, "
+                        "to measure as on a CPU without native bf16")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
@@ -221,7 +223,10 @@ def main() -> None:
         print(f"running {config} ...", file=sys.stderr)
         cmd = [sys.executable, __file__, "--worker", config, "--device", args.device, "--streams", args.streams,
                "--frames", str(args.frames), "--cache-dir", str(args.cache_dir)] + (["--compile"] if args.compile else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if args.cpu_isa:
+            env.update(ONEDNN_MAX_CPU_ISA=args.cpu_isa.upper(), ATEN_CPU_CAPABILITY=args.cpu_isa.lower())
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
             results[config] = {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -229,7 +234,8 @@ def main() -> None:
         results[config] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(json.dumps(results[config]), file=sys.stderr)
 
-    print(f"\ndevice {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    isa = f", CPU kernels capped to {args.cpu_isa}" if args.cpu_isa else ""
+    print(f"\ndevice {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}{isa}")
     port = results.get("port", {})
     header = f"{'config':8} {'prefill s':>10} {'decode f/s':>11} {'first frame s':>14} {'peak GiB':>9}"
     print(header + "".join(f" {f'{n} streams f/s':>15}" for n in streams))

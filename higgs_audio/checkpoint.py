@@ -66,6 +66,8 @@ _SPLIT_PARTS = (("embedding_frozen", "embedding_trainable"), ("linear_frozen", "
 
 def _rename(key: str, source_format: str) -> str:
     """Map a checkpoint key to our module's parameter name."""
+    if source_format == "quantized":  # written by us, under our names
+        return key
     if source_format == "higgs_audio":
         if key.startswith("audio_decoder_proj.text_lm_head."):
             return "text_head." + key.removeprefix("audio_decoder_proj.text_lm_head.")
@@ -185,37 +187,47 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
 
     ``dtype`` is the compute dtype. ``auto`` on a CPU keeps the weights in bf16 (half the memory and
     bandwidth) while computing in fp32; ``quantize`` ("int8" or "int4") stores linear weights quantized.
+    A checkpoint written by ``higgs-audio quantize`` loads as it was quantized.
     """
     from higgs_audio.config import ModelConfig
     from higgs_audio.device import pick_device, pick_dtype
     from higgs_audio.model.higgs import HiggsAudioModel
     from higgs_audio.model.quantize import compact_linears, cpu_has_native_bf16, quantize_linears
+    from higgs_audio.quantized_checkpoint import load_quantized, read_mode
 
     directory = resolve(name_or_path)
     config_path = directory / "config.json"
     cfg = ModelConfig.from_dict(read_json(config_path), config_path)
-    source = TensorSource(safetensors_files(directory), cfg.source_format)
+    saved_mode = read_mode(directory)
+    if saved_mode and quantize not in (None, saved_mode):
+        raise CheckpointError(f"{directory} holds {saved_mode} weights and cannot be loaded as {quantize}: "
+                              f"ask for {saved_mode} (or nothing), or quantize the original checkpoint")
+    quantize = saved_mode or quantize
     device = pick_device(device)
     compute = pick_dtype(dtype, device)
     compact_cpu = device.type == "cpu" and dtype in (None, "auto")
     storage = torch.bfloat16 if compact_cpu or (quantize and compute == torch.float32) else compute
-    # The native converter drops the text head unless asked to keep it; without it we can still speak.
-    with torch.device("meta"):
-        model = HiggsAudioModel(cfg, text_head="text_head.weight" in source.parts)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_tensors(source, expected, directory)
-    state = {name: source.get(name).to(device=device, dtype=storage) for name in expected}
-    if quantize:
-        # Tensors read on the CPU are views of the memory-mapped files, and one live view keeps its whole
-        # file mapped. Copy what stays in float so each shard is unmapped once its linears are quantized.
-        linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        state = {k: v if k in linear else v.clone() for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    del state, source  # the open files' mappings go as soon as no tensor uses them
+    if saved_mode:
+        model = load_quantized(directory, cfg, saved_mode, device, storage)
+    else:
+        source = TensorSource(safetensors_files(directory), cfg.source_format)
+        # The native converter drops the text head unless asked to keep it; without it we can still speak.
+        with torch.device("meta"):
+            model = HiggsAudioModel(cfg, text_head="text_head.weight" in source.parts)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        check_tensors(source, expected, directory)
+        state = {name: source.get(name).to(device=device, dtype=storage) for name in expected}
+        if quantize:
+            # Tensors read on the CPU are views of the memory-mapped files, and one live view keeps its whole
+            # file mapped. Copy what stays in float so each shard is unmapped once its linears are quantized.
+            linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+            state = {k: v if k in linear else v.clone() for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        del state, source  # the open files' mappings go as soon as no tensor uses them
+        if quantize:
+            quantize_linears(model, quantize)
+        elif storage != compute:
+            compact_linears(model, native=device.type != "cpu" or cpu_has_native_bf16())
     model.reset_buffers(device)
     model.compute_dtype = compute
-    if quantize:
-        quantize_linears(model, quantize)
-    elif storage != compute:
-        compact_linears(model, native=device.type != "cpu" or cpu_has_native_bf16())
     return model.eval().requires_grad_(False), cfg, directory

@@ -1,5 +1,6 @@
 """The ``higgs-audio`` command: ``speak`` (every task of the reference's examples/generation.py),
-``voices`` (the voice library) and ``scenes`` (the scene library).
+``voices`` (the voice library), ``scenes`` (the scene library) and ``quantize`` (a quantized copy of the
+model that loads without quantizing again).
 
 Everything that can be checked without the model (text, output path, voices, scene, option combinations)
 is checked before loading it, and every error is one line on stderr with a non-zero exit code.
@@ -334,6 +335,19 @@ def cmd_scenes(args, library: VoiceLibrary) -> int:
 # -- arguments -------------------------------------------------------------------------------------
 
 
+def cmd_quantize(args, library: VoiceLibrary) -> int:
+    from higgs_audio.quantized_checkpoint import save_quantized
+
+    start = time.perf_counter()
+    out = save_quantized(args.model, args.output, args.quantize, force=args.force,
+                         progress=sys.stderr.isatty() and not args.quiet)
+    if not args.quiet:
+        size = sum(p.stat().st_size for p in out.iterdir()) / 1e9
+        print(f"wrote {out} ({args.quantize}, {size:.2f} GB) in {time.perf_counter() - start:.0f} s; "
+              f"use it with --model {out}", file=sys.stderr)
+    return 0
+
+
 def _int_at_least(low: int):
     def parse(value: str) -> int:
         try:
@@ -432,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("scenes", parents=[common], help="list the built-in scenes, or print one")
     c.add_argument("name", nargs="?")
     c.set_defaults(run=cmd_scenes)
+
+    q = sub.add_parser("quantize", parents=[common], help="save a quantized copy of the model for fast loading",
+                       description="Quantize the model's linear weights once and save them, so that later "
+                                   "runs load the copy with --model OUT instead of quantizing at every start.")
+    q.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the quantized model to")
+    q.add_argument("--quantize", choices=("int8", "int4"), required=True, help="weight format")
+    q.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or folder (default {DEFAULT_MODEL})")
+    q.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    q.set_defaults(run=cmd_quantize)
 
     from higgs_audio.server import add_serve_parser  # light: the server's packages load only when it runs
 

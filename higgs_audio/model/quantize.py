@@ -7,7 +7,9 @@ and many times slower than fp32): ``CompactLinear`` upcasts the weight there ins
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,23 @@ _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    """Whether this CPU multiplies bf16 matrices faster than fp32. Measured (about 20 ms, once) rather than
+    read from the CPU flags, because the kernels torch reaches also depend on its build and on oneDNN's ISA
+    cap (``ONEDNN_MAX_CPU_ISA``); native and emulated bf16 differ by over 10x, so one small matmul decides."""
+
+    def best_of_3(x: torch.Tensor, w: torch.Tensor) -> float:
+        F.linear(x, w)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            F.linear(x, w)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    x, w = torch.randn(64, 1024), torch.randn(1024, 1024)
+    return best_of_3(x.bfloat16(), w.bfloat16()) < best_of_3(x, w)
 
 
 _scratch = threading.local()
@@ -54,19 +71,31 @@ class CompactLinear(nn.Module):
 class Int8Linear(nn.Module):
     """Weight-only int8 with one scale per output channel (symmetric)."""
 
-    def __init__(self, out_features: int, in_features: int, device=None):
+    FIELDS = ("weight", "scales")  # the tensors a quantized checkpoint stores per layer
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
         super().__init__()
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16, device=device))
+        self.register_buffer("weight", weight)
+        self.register_buffer("scales", scales)
 
     @staticmethod
-    def from_float(weight: torch.Tensor) -> Int8Linear:
+    def quantize(weight: torch.Tensor) -> dict[str, torch.Tensor]:
         w = weight.float()
         scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        layer = Int8Linear(*w.shape, device=w.device)
-        layer.weight.copy_((w / scales[:, None]).round().clamp(-127, 127).to(torch.int8))
-        layer.scales.copy_(scales.to(torch.bfloat16))
-        return layer
+        q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
+        return {"weight": q, "scales": scales.to(torch.bfloat16)}
+
+    @staticmethod
+    def field_specs(out_features: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"weight": ((out_features, in_features), torch.int8), "scales": ((out_features,), torch.bfloat16)}
+
+    @staticmethod
+    def from_tensors(weight: torch.Tensor, scales: torch.Tensor) -> Int8Linear:
+        return Int8Linear(weight, scales)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int8Linear:
+        return cls.from_tensors(**cls.quantize(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -78,11 +107,16 @@ class Int8Linear(nn.Module):
             out = F.linear(flat.to(dtype), _widened(self.weight, dtype).mul_(self.scales.to(dtype)[:, None]))
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
-        return out.to(x.dtype).reshape(*shape[:-1], -1)
+        return out.to(x.dtype).reshape(*shape[:-1], self.weight.shape[0])
 
 
 class Int4Linear(nn.Module):
-    """Weight-only int4 in groups of ``INT4_GROUP`` input channels, asymmetric (scale and zero per group)."""
+    """Weight-only int4 in groups of ``INT4_GROUP`` input channels, asymmetric (scale and zero per group).
+
+    The kernels' packed layout differs between CUDA and the CPU, so checkpoints store ``codes``: two 4-bit
+    codes per byte, the even input channel in the high nibble; they are packed for the device at load."""
+
+    FIELDS = ("codes", "scales_zeros")
 
     def __init__(self, out_features: int, in_features: int, packed: torch.Tensor, scales_zeros: torch.Tensor):
         super().__init__()
@@ -91,23 +125,38 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_zeros", scales_zeros)
 
     @staticmethod
-    def from_float(weight: torch.Tensor) -> Int4Linear:
+    def quantize(weight: torch.Tensor) -> dict[str, torch.Tensor]:
         out_f, in_f = weight.shape
         if in_f % INT4_GROUP:
             raise ValueError(f"int4 needs input sizes divisible by {INT4_GROUP}, got {in_f}")
         w = weight.float().reshape(out_f, in_f // INT4_GROUP, INT4_GROUP)
         lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
         scale = ((hi - lo) / 15).clamp(min=1e-6)
-        q = ((w - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(out_f, in_f)
+        q = ((w - lo) / scale).round().clamp(0, 15).to(torch.uint8).reshape(out_f, in_f)
         # tinygemm dequantises as (q - 8) * scale + zero, so the zero is the value of code 8
         zero = lo + 8 * scale
         scales_zeros = torch.stack([scale[..., 0], zero[..., 0]], dim=-1).transpose(0, 1).contiguous()
-        if weight.is_cuda:
-            q8 = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
-            packed = torch.ops.aten._convert_weight_to_int4pack(q8, _INT4_INNER_K_TILES)
+        return {"codes": q[:, ::2] << 4 | q[:, 1::2], "scales_zeros": scales_zeros.to(torch.bfloat16)}
+
+    @staticmethod
+    def field_specs(out_features: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        groups = in_features // INT4_GROUP
+        return {"codes": ((out_features, in_features // 2), torch.uint8),
+                "scales_zeros": ((groups, out_features, 2), torch.bfloat16)}
+
+    @staticmethod
+    def from_tensors(codes: torch.Tensor, scales_zeros: torch.Tensor) -> Int4Linear:
+        out_f, in_f = codes.shape[0], codes.shape[1] * 2
+        if codes.is_cuda:
+            packed = torch.ops.aten._convert_weight_to_int4pack(codes, _INT4_INNER_K_TILES)
         else:
+            q = torch.stack([codes >> 4, codes & 15], dim=-1).reshape(out_f, in_f).to(torch.int32)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, _INT4_INNER_K_TILES)
-        return Int4Linear(out_f, in_f, packed, scales_zeros.to(torch.bfloat16))
+        return Int4Linear(out_f, in_f, packed, scales_zeros)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int4Linear:
+        return cls.from_tensors(**cls.quantize(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -116,26 +165,35 @@ class Int4Linear(nn.Module):
             out = torch.ops.aten._weight_int4pack_mm(flat, self.packed, INT4_GROUP, self.scales_zeros)
         else:
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, INT4_GROUP, self.scales_zeros)
-        return out.to(x.dtype).reshape(*shape[:-1], -1)
+        return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
-def _swap_linears(model: nn.Module, make) -> None:
-    """Replace every nn.Linear with ``make(weight)``, one at a time. Modules are looked up by name as we go:
-    holding them all in a list would keep every old weight alive until the end (double peak memory)."""
+QUANTIZED = {"int8": Int8Linear, "int4": Int4Linear}
+
+
+def quantized_class(mode: str):
+    try:
+        return QUANTIZED[mode]
+    except KeyError:
+        raise ValueError(f"unknown quantization {mode!r}: use one of {', '.join(MODES)}") from None
+
+
+def replace_linears(model: nn.Module, make) -> None:
+    """Replace every nn.Linear with ``make(name, linear)``, one at a time. Modules are looked up by name as
+    we go: holding them all in a list would keep every old weight alive until the end (double peak memory)."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for name in names:
         parent, _, attr = name.rpartition(".")
         owner = model.get_submodule(parent)
-        setattr(owner, attr, make(getattr(owner, attr).weight.data))
+        setattr(owner, attr, make(name, getattr(owner, attr)))
 
 
 def compact_linears(model: nn.Module, native: bool) -> None:
     """Swap every nn.Linear for a CompactLinear over the same (already compact) weight."""
-    _swap_linears(model, lambda weight: CompactLinear(weight, native))
+    replace_linears(model, lambda name, linear: CompactLinear(linear.weight.data, native))
 
 
 def quantize_linears(model: nn.Module, mode: str) -> None:
     """Swap every nn.Linear for its weight-only ``mode`` version."""
-    if mode not in MODES:
-        raise ValueError(f"unknown quantization {mode!r}: use one of {', '.join(MODES)}")
-    _swap_linears(model, Int8Linear.from_float if mode == "int8" else Int4Linear.from_float)
+    cls = quantized_class(mode)
+    replace_linears(model, lambda name, linear: cls.from_float(linear.weight.data))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -92,6 +97,13 @@ def test_int8_and_int4_linear_error_is_small():
         Int4Linear.from_float(torch.randn(8, 100))
 
 
+def test_quantized_linear_takes_no_rows():
+    """A DualFFN layer hands its audio MLP no rows when a prompt has no audio positions."""
+    w = torch.randn(384, 256)
+    for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w)):
+        assert layer(torch.randn(1, 0, 256)).shape == (1, 0, 384)
+
+
 def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_logits, monkeypatch):
     """On a CPU that emulates bf16, compact weights are widened to fp32 for prefill-sized matmuls, and int8
     prefill dequantises to fp32; both still agree with the fp32 model."""
@@ -107,3 +119,13 @@ def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_l
         assert widened and set(widened) == {torch.float32}, load
         agree = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
         assert agree >= 0.95, (load, agree)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the ISA caps below are x86 names")
+def test_emulated_bf16_is_detected_by_measurement():
+    """With oneDNN and ATen capped to AVX2 (no bf16 instructions), the probe must find bf16 slower than fp32,
+    whatever the CPU flags say, so that prefill computes in fp32."""
+    code = "from higgs_audio.model.quantize import cpu_has_native_bf16 as f; print(f())"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

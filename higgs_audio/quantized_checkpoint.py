@@ -1,0 +1,139 @@
+"""Quantized checkpoints: quantize a checkpoint once, save it, and load it later without quantizing again.
+
+A quantized checkpoint is a directory holding the source's ``config.json`` and text-tokenizer files, a
+``quantization.json`` (``{"format": 1, "mode": "int8" | "int4"}``) and one ``model.safetensors`` whose
+tensors carry our modules' names: each quantized linear stores its ``FIELDS``, everything else its bf16
+tensor. It is device independent (int4 is packed for the device at load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from higgs_audio.errors import CheckpointError
+
+QUANTIZATION_FILE = "quantization.json"
+WEIGHTS_FILE = "model.safetensors"
+SOURCE_FORMAT = "quantized"  # TensorSource: keys are already our names
+FORMAT = 1
+
+
+def read_mode(directory: Path) -> str | None:
+    """The quantization of a checkpoint directory, or None for a float checkpoint."""
+    from higgs_audio.checkpoint import read_json
+    from higgs_audio.model.quantize import MODES
+
+    path = directory / QUANTIZATION_FILE
+    if not path.exists():
+        return None
+    meta = read_json(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not one this version reads ({FORMAT}); "
+                              "quantize the original checkpoint again with 'higgs-audio quantize'")
+    if meta.get("mode") not in MODES:
+        raise CheckpointError(f"{path}: unknown mode {meta.get('mode')!r}, expected one of {', '.join(MODES)}")
+    return meta["mode"]
+
+
+def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storage: torch.dtype) -> nn.Module:
+    """Build the model from a quantized checkpoint, strictly: every key, shape and quantized dtype is checked."""
+    from higgs_audio.checkpoint import TensorSource, check_tensors, safetensors_files
+    from higgs_audio.model.higgs import HiggsAudioModel
+    from higgs_audio.model.quantize import quantized_class, replace_linears
+
+    cls = quantized_class(mode)
+    source = TensorSource(safetensors_files(directory), SOURCE_FORMAT)
+    with torch.device("meta"):
+        model = HiggsAudioModel(cfg, text_head=any(k.startswith("text_head.") for k in source.parts))
+    linears = {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    specs = {f"{n}.{field}": spec for n, dims in linears.items() for field, spec in cls.field_specs(*dims).items()}
+    dense = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.removesuffix(".weight") not in linears}
+    check_tensors(source, {**dense, **{k: shape for k, (shape, _) in specs.items()}}, directory)
+    model.load_state_dict({k: source.get(k).to(device=device, dtype=storage) for k in dense}, strict=False,
+                          assign=True)
+
+    def read(name: str, linear: nn.Linear) -> nn.Module:
+        fields = {}
+        for field in cls.FIELDS:
+            key = f"{name}.{field}"
+            tensor, (_, dtype) = source.get(key), specs[key]
+            if tensor.dtype != dtype:
+                raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
+            fields[field] = tensor.to(device)
+        return cls.from_tensors(**fields)
+
+    replace_linears(model, read)
+    return model
+
+
+def _copy_side_files(source: Path, target: Path) -> None:
+    """Everything but the float weights: config.json, the text tokenizer, generation defaults, notes."""
+    from higgs_audio.checkpoint import INDEX_FILE
+
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.suffix != ".safetensors" and path.name != INDEX_FILE:
+            shutil.copy2(path, target / path.name)
+
+
+def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: str, force: bool = False,
+                   progress: bool = False) -> Path:
+    """Quantize checkpoint ``model_name`` (hub id or directory) to ``mode`` and write it to directory ``out``.
+
+    The directory appears whole or not at all (written beside it, then renamed); an existing ``out`` is
+    replaced only with ``force``.
+    """
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from higgs_audio.checkpoint import load_model, resolve
+    from higgs_audio.model.quantize import quantized_class
+
+    out = Path(out).expanduser()
+    cls = quantized_class(mode)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    source = resolve(model_name)
+    if read_mode(source):
+        raise CheckpointError(f"{source} is already quantized; quantize the original (float) checkpoint instead")
+    if source.resolve() == out.resolve():
+        raise CheckpointError(f"{out} is the source checkpoint itself; write the quantized copy elsewhere")
+    # bf16 on the CPU: the checkpoint's tensors stay memory-mapped, nothing is converted twice.
+    model, _, _ = load_model(source, device="cpu", dtype="bfloat16")
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    tensors: dict[str, torch.Tensor] = {}
+    for name, linear in tqdm(linears, desc=f"quantizing to {mode}", unit="layer", disable=not progress,
+                             leave=False, dynamic_ncols=True):
+        tensors.update({f"{name}.{field}": t for field, t in cls.quantize(linear.weight).items()})
+    quantized = {f"{name}.weight" for name, _ in linears}
+    tensors.update({k: v.contiguous() for k, v in model.state_dict().items() if k not in quantized})
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}-{time.monotonic_ns()}"
+    staging.mkdir()
+    try:
+        _copy_side_files(source, staging)
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "quantization": mode})
+        (staging / QUANTIZATION_FILE).write_text(json.dumps({"format": FORMAT, "mode": mode, "source": str(model_name)},
+                                                            indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(old)
+            staging.rename(out)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,91 @@
+"""A quantized copy saved by ``higgs-audio quantize`` loads to exactly the model quantized at load time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from higgs_audio.checkpoint import load_model
+from higgs_audio.errors import CheckpointError
+from higgs_audio.model.quantize import Int4Linear, Int8Linear
+from higgs_audio.quantized_checkpoint import QUANTIZATION_FILE, WEIGHTS_FILE, save_quantized
+from tests.model.test_quantize import _teacher_forced_logits, small_dir  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def saved(small_dir, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("quantized")
+    return {mode: save_quantized(small_dir, root / mode, mode) for mode in ("int8", "int4")}
+
+
+@pytest.mark.parametrize("mode, layer", [("int8", Int8Linear), ("int4", Int4Linear)])
+def test_saved_copy_loads_to_the_same_model(small_dir, saved, mode, layer):  # noqa: F811
+    model, _, _ = load_model(saved[mode], device="cpu")
+    assert isinstance(model.layers[1].mlp.down_proj, layer) and isinstance(model.audio_head, layer)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    again = _teacher_forced_logits(saved[mode])
+    assert torch.equal(again, _teacher_forced_logits(small_dir, quantize=mode))
+    assert torch.equal(again, _teacher_forced_logits(saved[mode], quantize=mode))  # asking for its mode is fine
+
+
+def test_saved_copy_is_self_contained_and_smaller(small_dir, saved):  # noqa: F811
+    names = {p.name for p in saved["int8"].iterdir()}
+    assert {"config.json", "tokenizer.json", QUANTIZATION_FILE, WEIGHTS_FILE} <= names
+    assert not any(n.endswith(".index.json") or n.startswith(".") for n in names)
+    assert json.loads((saved["int4"] / QUANTIZATION_FILE).read_text())["mode"] == "int4"
+    source_bytes = sum(p.stat().st_size for p in small_dir.glob("*.safetensors"))
+    sizes = {m: (saved[m] / WEIGHTS_FILE).stat().st_size for m in saved}
+    assert sizes["int4"] < sizes["int8"] < source_bytes
+    assert not [p for p in saved["int8"].parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_other_mode_or_requantizing_is_refused(saved, tmp_path):
+    with pytest.raises(CheckpointError, match="holds int8 weights and cannot be loaded as int4"):
+        load_model(saved["int8"], device="cpu", quantize="int4")
+    with pytest.raises(CheckpointError, match="already quantized"):
+        save_quantized(saved["int8"], tmp_path / "again", "int4")
+
+
+def test_existing_output_is_kept_without_force(small_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="--force"):
+        save_quantized(small_dir, out, "int8")
+    assert (out / "mine.txt").read_text() == "keep me"
+    save_quantized(small_dir, out, "int8", force=True)
+    assert not (out / "mine.txt").exists() and (out / WEIGHTS_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def _tampered(saved_dir, tmp_path, change):
+    import shutil
+
+    copy = shutil.copytree(saved_dir, tmp_path / "tampered")
+    tensors = load_file(copy / WEIGHTS_FILE)
+    change(tensors)
+    save_file(tensors, str(copy / WEIGHTS_FILE))
+    return copy
+
+
+def test_tampered_copy_is_refused_naming_the_tensor(saved, tmp_path):
+    key = "layers.0.self_attn.q_proj.weight"
+    copy = _tampered(saved["int8"], tmp_path, lambda t: t.update({key: t[key].float()}))
+    with pytest.raises(CheckpointError, match=rf"{key}.*has dtype torch.float32; int8 needs torch.int8"):
+        load_model(copy, device="cpu")
+    (copy / WEIGHTS_FILE).unlink()
+    copy = _tampered(saved["int8"], tmp_path / "b", lambda t: t.pop("layers.1.mlp.up_proj.scales"))
+    with pytest.raises(CheckpointError, match="missing key 'layers.1.mlp.up_proj.scales'"):
+        load_model(copy, device="cpu")
+
+
+def test_unknown_format_is_refused(saved, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(saved["int8"], tmp_path / "future")
+    (copy / QUANTIZATION_FILE).write_text(json.dumps({"format": 2, "mode": "int8"}))
+    with pytest.raises(CheckpointError, match="format 2 is not one this version reads"):
+        load_model(copy, device="cpu")
