@@ -50,10 +50,12 @@ class HiggsAudio:
     """Text (and optional reference voices, scene, system prompt) in, speech out."""
 
     def __init__(
-        self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096, compile: bool = False
+        self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096, compile: bool = False,
+        prefill_chunk: int | None = None,
     ):
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
-        self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile)
+        self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
+                                    prefill_chunk=prefill_chunk)
         self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
         self._lock = threading.Lock()
 
@@ -69,12 +71,15 @@ class HiggsAudio:
         max_batch: int = 1,
         max_len: int = 4096,
         compile: bool = False,
+        prefill_chunk: int | None = None,
     ) -> HiggsAudio:
         """Load the generation model and the audio codec (hub ids or local directories).
 
         ``dtype`` is the compute dtype (``auto``: bf16 on GPUs; on CPUs bf16 weights with fp32 compute);
         ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized;
-        ``compile=True`` captures the decode step with torch.compile (CUDA graphs on CUDA).
+        ``compile=True`` captures the decode step with torch.compile (CUDA graphs on CUDA);
+        ``prefill_chunk=N`` prefills a request joining a running batch N positions per step, so the streams
+        already decoding pause for one chunk at a time rather than for its whole prompt.
         """
         from higgs_audio.codec.codec import AudioCodec
 
@@ -87,6 +92,7 @@ class HiggsAudio:
             max_batch=max_batch,
             max_len=max_len,
             compile=compile,
+            prefill_chunk=prefill_chunk,
         )
 
     @property
@@ -284,12 +290,16 @@ class RunCollector:
     def start(self, decoder: BatchDecoder) -> int:
         self.t0 = time.perf_counter()
         slot = decoder.add(self.request)
-        self.t_prefill = time.perf_counter()
-        self.prompt_tokens = int(decoder.pos[slot]) + 1
+        stream = decoder.streams[slot]
+        if not stream.prefilling:  # else its first event marks the end of its (chunked) prefill
+            self.t_prefill = time.perf_counter()
+        self.prompt_tokens = stream.prompt_len
         return slot
 
     def on_event(self, event: Event) -> torch.Tensor | None:
         """Record an event; return a newly completed audio frame (K,) if there is one."""
+        if self.t_prefill is None:
+            self.t_prefill = time.perf_counter()
         if event.kind == "text":
             self.steps += 1
             self.text_ids.append(event.token)

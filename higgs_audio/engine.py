@@ -1,7 +1,8 @@
 """The generation engine: prefill, then batched cached decode with the reference's modes and stop rules.
 
 One ``BatchDecoder`` owns the KV cache and every piece of mutable generation state. Streams (requests)
-join with ``add`` (their prompt is prefilled into a free cache row) and all active streams advance
+join with ``add`` (their prompt is prefilled into a free cache row, at once or ``prefill_chunk`` positions
+per ``step`` so that running streams are not held up by a long prompt) and all active streams advance
 together in ``step``: per-stream positions, delay-pattern counters and sampling settings are tensors, so
 the hot path has no Python loop over streams apart from light bookkeeping of emitted tokens.
 
@@ -22,7 +23,7 @@ import torch
 from higgs_audio import sampling
 from higgs_audio.config import ModelConfig
 from higgs_audio.delay import add_delay_pattern
-from higgs_audio.model.higgs import HiggsAudioModel, merge_placeholders
+from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
 from higgs_audio.text_tokenizer import TextTokenizer
 
@@ -118,10 +119,21 @@ class _Stream:
     """Python-side record of one active request."""
 
     request: Request
+    merged: MergedInput
+    prefilled: int = 0  # prompt positions already in the cache (all but the last one make it complete)
+    forced_audio: bool = False  # the prompt ends with <|audio_out_bos|> and its all-bos column
     text_ids: list[int] = field(default_factory=list)
     segment_columns: int = 0  # columns of the current audio segment so far (for the runaway guard)
     steps_left: int = 0  # decode steps before max_new_tokens or the cache length is reached
     guard_columns: int | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.merged.ids)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prefilled < self.prompt_len - 1
 
 
 class BatchDecoder:
@@ -137,9 +149,15 @@ class BatchDecoder:
         max_batch: int = 1,
         max_len: int = 4096,
         compile: bool = False,
+        prefill_chunk: int | None = None,
     ):
         """``compile``: capture the decode step with torch.compile (CUDA graphs on CUDA). Shapes are then
-        kept static: every slot takes part in each step and attention spans whole ``KV_BUCKET`` blocks."""
+        kept static: every slot takes part in each step and attention spans whole ``KV_BUCKET`` blocks.
+        ``prefill_chunk``: while other streams are decoding, prefill a joining prompt this many positions
+        per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's)."""
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)
         param = next(model.parameters())
@@ -170,7 +188,8 @@ class BatchDecoder:
         return self.max_batch - len(self.streams)
 
     def add(self, request: Request) -> int:
-        """Prefill ``request`` into a free slot and return the slot; it decodes from the next ``step``."""
+        """Take ``request`` into a free slot and return the slot. Its prompt is prefilled here, or with
+        ``prefill_chunk`` in the following steps; it decodes from the step after its prefill."""
         if not self.free_slots():
             raise RuntimeError("no free slot: wait for a stream to finish")
         p, t, k = request.params, self.tokens, self.cfg.num_codebooks
@@ -193,16 +212,33 @@ class BatchDecoder:
         if n + 1 > self.max_len:
             raise ValueError(f"the prompt needs {n} positions but the cache holds {self.max_len}")
         slot = next(i for i in range(self.max_batch) if i not in self.streams)
-        row = self._row(slot)
-        dev = self.device
-        # Prefill all but the last position; the last one is this stream's first decode input.
-        if n > 1:
-            audio = merged.audio[None, : n - 1].to(dev)
-            x = self.model.embed(merged.ids[None, : n - 1].to(dev), merged.codes[None, : n - 1].to(dev), audio)
-            self.model(x, audio, torch.arange(n - 1, device=dev)[None], row, kv_len=n - 1)
-        stream = _Stream(request)
+        stream = _Stream(request, merged, forced_audio=forced_audio)
         if p.max_audio_seconds is not None:
             stream.guard_columns = int(p.max_audio_seconds * FRAME_RATE) + k + 1
+        self.streams[slot] = stream
+        if self.prefill_chunk is None:
+            self._prefill(slot, stream, stream.prompt_len)
+        return slot
+
+    def _prefill(self, slot: int, s: _Stream, budget: int) -> int:
+        """Prefill up to ``budget`` more prompt positions of ``s``; once done, the stream decodes from the next
+        step. Returns the positions prefilled."""
+        merged, dev = s.merged, self.device
+        # All but the last position: the last one is this stream's first decode input.
+        start, end = s.prefilled, min(s.prefilled + budget, s.prompt_len - 1)
+        if end > start:
+            audio = merged.audio[None, start:end].to(dev)
+            x = self.model.embed(merged.ids[None, start:end].to(dev), merged.codes[None, start:end].to(dev), audio)
+            self.model(x, audio, torch.arange(start, end, device=dev)[None], self._row(slot), kv_len=end)
+            s.prefilled = end
+        if not s.prefilling:
+            self._activate(slot, s)
+        return end - start
+
+    def _activate(self, slot: int, stream: _Stream) -> None:
+        """Load a fully prefilled stream's decode state into its slot."""
+        p, k, dev = stream.request.params, self.cfg.num_codebooks, self.device
+        n, merged = stream.prompt_len, stream.merged
         self.pos[slot] = n - 1
         self.next_id[slot] = merged.ids[-1]
         self.next_codes[slot] = merged.codes[-1].to(dev)
@@ -210,10 +246,10 @@ class BatchDecoder:
         self.init[slot] = False
         self.num_delay[slot], self.remaining[slot] = 0, -1
         # max_new_tokens counts the audio start too, as in the reference; the cache ends at max_len.
-        stream.steps_left = min(p.max_new_tokens - forced_audio, self.max_len - n)
-        if forced_audio:
+        stream.steps_left = min(p.max_new_tokens - stream.forced_audio, self.max_len - n)
+        if stream.forced_audio:
             stream.segment_columns = 1
-            self._pending.append(Event(slot, "audio", column=bos_column[:, 0].to(dev)))
+            self._pending.append(Event(slot, "audio", column=merged.codes[-1].to(dev)))
         # RAS looks back over every audio-out column, prompt blocks included (spec §5.3).
         out_cols = merged.codes[merged.audio_out].t().to(dev)
         hist = torch.full((k, self.HISTORY), -1, dtype=torch.long, device=dev)
@@ -227,8 +263,6 @@ class BatchDecoder:
         self.ras_window[slot] = p.ras_window
         self.ras_repeat[slot] = p.ras_max_repeat if p.ras_window > 0 else 0
         self.active[slot] = True
-        self.streams[slot] = stream
-        return slot
 
     def release(self, slot: int) -> None:
         """Forget a stream (finished or cancelled); its slot is free for the next ``add``."""
@@ -244,18 +278,30 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def step(self) -> list[Event]:
-        if not self.streams:
-            return []
+        """Advance every decoding stream by one token or audio column, after prefilling joining prompts:
+        ``prefill_chunk`` positions of the oldest while others decode, all of them when none is."""
+        joining = [(slot, s) for slot, s in self.streams.items() if s.prefilling]
+        decoding = len(joining) < len(self.streams)
+        budget = self.prefill_chunk if decoding else None
+        for slot, s in joining:
+            if budget is not None and budget <= 0:
+                break
+            done = self._prefill(slot, s, s.prompt_len if budget is None else budget)
+            budget = None if budget is None else budget - done
+        if all(s.prefilling for s in self.streams.values()):
+            events, self._pending = self._pending, []
+            return events
         hi = self.max_batch if self.static else max(self.streams) + 1
         active = self.active[:hi]
         is_audio = self.next_audio[:hi]
         live_audio = is_audio[active]
         audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
-        positions = self.pos[:hi, None]
-        kv_len = int(positions[active].max()) + 1
+        kv_len = int(self.pos[:hi][active].max()) + 1
+        # Rows not decoding (free, or a prompt being prefilled) write to the cache's last position, which no
+        # stream uses: add() leaves room for it.
+        positions = torch.where(active, self.pos[:hi], self.max_len - 1)[:, None]
         if self.static:  # a bounded number of captured shapes
             kv_len = min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
-            positions = torch.where(active[:, None], positions, 0)
         cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
         x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
         h = self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
@@ -274,6 +320,8 @@ class BatchDecoder:
         self.counter[:hi] += active
         done = {e.slot for e in events if e.kind == "done"}
         for slot, s in self.streams.items():
+            if s.prefilling:
+                continue
             s.steps_left -= 1
             if s.steps_left <= 0 and slot not in done:
                 events.append(Event(slot, "done", reason="length"))

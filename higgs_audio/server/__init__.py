@@ -57,6 +57,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser requests from ORIGIN (repeatable; '*' for any)")
     p.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together in one step")
+    p.add_argument("--prefill-chunk", type=_positive(int), default=128, metavar="N",
+                   help="prompt positions a joining request prefills per step while others decode, so their "
+                        "audio keeps flowing (default 128; lower it on a CPU)")
     p.add_argument("--max-len", type=_positive(int), default=4096, help="positions per request (prompt + generated)")
     p.add_argument("--max-queue", type=_positive(int), default=64,
                    help="waiting requests beyond which new ones get 429")
@@ -92,7 +95,8 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
     )
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      quantize=args.quantize, compile=args.compile,
-                                     max_batch=args.max_batch, max_len=args.max_len)
+                                     max_batch=args.max_batch, max_len=args.max_len,
+                                     prefill_chunk=args.prefill_chunk)
     app = create_app(api, library or VoiceLibrary(args.voices_dir), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

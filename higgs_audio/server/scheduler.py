@@ -1,8 +1,9 @@
 """The scheduler: one thread owns the engine's ``BatchDecoder`` and runs continuous batching.
 
 Handlers build a ``Request`` (tokenising and encoding reference audio in their own worker thread), then
-``submit`` it. The scheduler thread admits queued jobs into free slots (prefill) before every step, so a
-new request joins the running batch at the next step; one ``step`` advances every active stream; each
+``submit`` it. The scheduler thread admits queued jobs into free slots before every step, so a new
+request joins the running batch at the next step (its prompt prefilled ``--prefill-chunk`` positions per
+step while others decode, so their audio keeps flowing); one ``step`` advances every active stream; each
 job's completed code frames are handed to its asyncio queue as they appear. Audio decoding happens in
 the handler, not here, so the decode loop never waits on the codec.
 
@@ -152,7 +153,7 @@ class Scheduler:
                 job = self._pending.popleft()
                 self.metrics.queue_depth.set(len(self._pending))
             try:
-                job.slot = job.run.start(self.decoder)  # prefill
+                job.slot = job.run.start(self.decoder)
             except Exception as e:  # noqa: BLE001 - e.g. a prompt longer than the cache; fails this job only
                 self._finish(job, "error", e)
                 continue
