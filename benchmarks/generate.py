@@ -91,6 +91,8 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
     from higgs_audio.engine import BatchDecoder, Request, SamplingParams
     from higgs_audio.text_tokenizer import TextTokenizer
 
+    if config.endswith("-saved"):  # the copy written by save_quantized: loads without quantizing
+        weights, config = weights.parent / f"generation-full-{config}", "auto"
     dtype, quantize = {"auto": ("auto", None), "bf16": ("bfloat16", None), "int8": ("auto", "int8"),
                        "int4": ("auto", "int4")}[config]
     t = time.perf_counter()
@@ -196,7 +198,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("HIGGS_BENCH_CACHE", "~/.cache/higgs-audio-bench")).expanduser())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--configs", default="auto,int8", help="ours: auto, bf16, int8, int4 (comma-separated)")
+    parser.add_argument("--configs", default="auto,int8",
+                        help="ours: auto, bf16, int8, int4, int8-saved, int4-saved (comma-separated; -saved loads a "
+                             "copy written once by save_quantized)")
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on CUDA)")
@@ -216,8 +220,14 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    write_weights(args.cache_dir)
+    weights = write_weights(args.cache_dir)
     configs = args.configs.split(",") + ([] if args.skip_port else ["port"])
+    for config in configs:
+        if config.endswith("-saved") and not (args.cache_dir / f"generation-full-{config}").exists():
+            from higgs_audio.quantized_checkpoint import save_quantized
+
+            print(f"writing the {config} copy ...", file=sys.stderr)
+            save_quantized(weights, args.cache_dir / f"generation-full-{config}", config.removesuffix("-saved"))
     results = {}
     for config in configs:
         print(f"running {config} ...", file=sys.stderr)
@@ -237,13 +247,13 @@ def main() -> None:
     isa = f", CPU kernels capped to {args.cpu_isa}" if args.cpu_isa else ""
     print(f"\ndevice {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}{isa}")
     port = results.get("port", {})
-    header = f"{'config':8} {'prefill s':>10} {'decode f/s':>11} {'first frame s':>14} {'peak GiB':>9}"
+    header = f"{'config':10} {'load s':>7} {'prefill s':>10} {'decode f/s':>11} {'first frame s':>14} {'peak GiB':>9}"
     print(header + "".join(f" {f'{n} streams f/s':>15}" for n in streams))
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:8} error: {r['error']}")
+            print(f"{name:10} error: {r['error']}")
             continue
-        row = f"{name:8} {r['prefill_s']:10.2f} {r['decode_frames_per_s']:11.2f} {r['first_frame_s']:14.2f} {r['peak_memory_gib']:9.2f}"
+        row = f"{name:10} {r['load_s']:7.1f} {r['prefill_s']:10.2f} {r['decode_frames_per_s']:11.2f} {r['first_frame_s']:14.2f} {r['peak_memory_gib']:9.2f}"
         row += "".join(f" {r[f'streams_{n}']['frames_per_s']:15.2f}" if f"streams_{n}" in r else f" {'-':>15}" for n in streams)
         print(row)
     if port and "error" not in port:
