@@ -83,6 +83,10 @@ def _prompt(tok):
 def _peak_memory(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
+    status = Path("/proc/self/status")
+    if status.exists():  # this process's own peak: ru_maxrss would also count the parent's, kept across exec
+        line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -213,6 +217,12 @@ def main() -> None:
 
     if args.worker:  # inside a subprocess: run one configuration, print JSON
         weights = args.cache_dir / "generation-full-bf16"
+        if args.worker.startswith("save-"):
+            from higgs_audio.quantized_checkpoint import save_quantized
+
+            config = args.worker.removeprefix("save-")
+            save_quantized(weights, args.cache_dir / f"generation-full-{config}", config.removesuffix("-saved"))
+            return
         if args.worker == "port":
             result = run_port(weights, args.device, args.frames)
         else:
@@ -220,14 +230,13 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    weights = write_weights(args.cache_dir)
+    write_weights(args.cache_dir)
     configs = args.configs.split(",") + ([] if args.skip_port else ["port"])
     for config in configs:
         if config.endswith("-saved") and not (args.cache_dir / f"generation-full-{config}").exists():
-            from higgs_audio.quantized_checkpoint import save_quantized
-
             print(f"writing the {config} copy ...", file=sys.stderr)
-            save_quantized(weights, args.cache_dir / f"generation-full-{config}", config.removesuffix("-saved"))
+            subprocess.run([sys.executable, __file__, "--worker", f"save-{config}", "--cache-dir", str(args.cache_dir)],
+                           check=True)
     results = {}
     for config in configs:
         print(f"running {config} ...", file=sys.stderr)
