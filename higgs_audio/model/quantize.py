@@ -19,6 +19,7 @@ MODES = ("int8", "int4")
 INT4_GROUP = 128
 _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
+_CPU_ALIGN = 64  # bytes; what torch's CPU allocator guarantees
 
 
 @functools.cache
@@ -75,6 +76,10 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
         super().__init__()
+        if weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
+            # torch's CPU int8 kernel crashes on a weight that is not 64-byte aligned once it gets 3 or more
+            # rows (torch 2.13); tensors read from a safetensors file sit at arbitrary offsets.
+            weight = weight.clone()
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
 

@@ -129,3 +129,22 @@ def test_emulated_bf16_is_detected_by_measurement():
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_int8_weight_at_an_unaligned_offset_serves_a_batch():
+    """Weights read from a safetensors file sit at arbitrary offsets; torch's int8 kernel crashed the process
+    on those for 3+ rows, so the layer must realign them. Run apart: a crash would end the test session."""
+    code = (
+        "import torch\n"
+        "from higgs_audio.model.quantize import Int8Linear\n"
+        "buf = torch.zeros(4096 * 512 + 64, dtype=torch.int8)\n"
+        "off = (64 - buf.data_ptr() % 64) % 64 + 8\n"
+        "w = buf[off : off + 4096 * 512].view(4096, 512).random_(-127, 127)\n"
+        "layer = Int8Linear(w, torch.ones(4096, dtype=torch.bfloat16))\n"
+        "x = torch.randn(4, 512)\n"
+        "exact = x @ w.float().t()\n"
+        "print(((layer(x) - exact).norm() / exact.norm()).item() < 0.01)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"
