@@ -121,6 +121,7 @@ class _Stream:
     request: Request
     merged: MergedInput
     prefilled: int = 0  # prompt positions already in the cache (all but the last one make it complete)
+    decoding: bool = False  # prefilled and loaded into its slot
     forced_audio: bool = False  # the prompt ends with <|audio_out_bos|> and its all-bos column
     text_ids: list[int] = field(default_factory=list)
     segment_columns: int = 0  # columns of the current audio segment so far (for the runaway guard)
@@ -133,7 +134,7 @@ class _Stream:
 
     @property
     def prefilling(self) -> bool:
-        return self.prefilled < self.prompt_len - 1
+        return not self.decoding
 
 
 class BatchDecoder:
@@ -231,7 +232,7 @@ class BatchDecoder:
             x = self.model.embed(merged.ids[None, start:end].to(dev), merged.codes[None, start:end].to(dev), audio)
             self.model(x, audio, torch.arange(start, end, device=dev)[None], self._row(slot), kv_len=end)
             s.prefilled = end
-        if not s.prefilling:
+        if end == s.prompt_len - 1:
             self._activate(slot, s)
         return end - start
 
@@ -263,6 +264,7 @@ class BatchDecoder:
         self.ras_window[slot] = p.ras_window
         self.ras_repeat[slot] = p.ras_max_repeat if p.ras_window > 0 else 0
         self.active[slot] = True
+        stream.decoding = True
 
     def release(self, slot: int) -> None:
         """Forget a stream (finished or cancelled); its slot is free for the next ``add``."""

@@ -80,3 +80,14 @@ def test_prompt_is_prefilled_whole_when_nothing_else_decodes(setup):
     assert [e.kind for e in events] == ["audio", "audio"]  # the forced all-bos column, then a sampled one
     with pytest.raises(ValueError, match="prefill_chunk must be at least 1"):
         BatchDecoder(model, tok, prefill_chunk=0)
+
+
+def test_one_position_prompt_joins_a_running_batch(setup):
+    """Nothing to prefill (the only position is the first decode input): it decodes at the next step."""
+    model, tok, requests = setup
+    decoder = BatchDecoder(model, tok, max_batch=2, max_len=300, prefill_chunk=CHUNK)
+    decoder.add(requests["long"])
+    decoder.step()
+    params = SamplingParams(temperature=0, max_new_tokens=3)
+    slot = decoder.add(Request([tok.token_id("<|begin_of_text|>")], [], params))
+    assert [e.kind for e in decoder.step() if e.slot == slot] == ["text"]
