@@ -87,9 +87,10 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, tiny_original, tiny_codec):
-    """Batches up to 8 requests; 40 generation steps per request at most (the random model never stops)."""
+    """Batches up to 8 requests; 40 generation steps per request at most (the random model never stops); a
+    request joining running ones is prefilled 16 positions per step (several steps for every prompt)."""
     s = start_server(tmp_path_factory.mktemp("server"), tiny_original, tiny_codec,
-                     "--max-batch", "8", "--max-new-tokens", "40", "--max-input-chars", "300",
+                     "--max-batch", "8", "--max-new-tokens", "40", "--max-input-chars", "300", "--prefill-chunk", "16",
                      "--max-upload-mb", "2", "--cors-origin", "http://page.test")
     yield s
     stop_server(s)
