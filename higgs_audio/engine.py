@@ -284,12 +284,11 @@ class BatchDecoder:
         ``prefill_chunk`` positions of the oldest while others decode, all of them when none is."""
         joining = [(slot, s) for slot, s in self.streams.items() if s.prefilling]
         decoding = len(joining) < len(self.streams)
-        budget = self.prefill_chunk if decoding else None
+        budget = self.prefill_chunk if decoding else self.max_len  # max_len: every prompt whole
         for slot, s in joining:
-            if budget is not None and budget <= 0:
+            if budget <= 0:
                 break
-            done = self._prefill(slot, s, s.prompt_len if budget is None else budget)
-            budget = None if budget is None else budget - done
+            budget -= self._prefill(slot, s, budget)
         if all(s.prefilling for s in self.streams.values()):
             events, self._pending = self._pending, []
             return events

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("int8", "int4")
 INT4_GROUP = 128
 _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
@@ -174,6 +173,7 @@ class Int4Linear(nn.Module):
 
 
 QUANTIZED = {"int8": Int8Linear, "int4": Int4Linear}
+MODES = tuple(QUANTIZED)
 
 
 def quantized_class(mode: str):
