@@ -64,9 +64,12 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "aud
 _SPLIT_PARTS = (("embedding_frozen", "embedding_trainable"), ("linear_frozen", "linear_trainable"))
 
 
+OUR_NAMES = "ours"  # the source format of files we write (quantized copies): keys are our parameter names
+
+
 def _rename(key: str, source_format: str) -> str:
     """Map a checkpoint key to our module's parameter name."""
-    if source_format == "quantized":  # written by us, under our names
+    if source_format == OUR_NAMES:
         return key
     if source_format == "higgs_audio":
         if key.startswith("audio_decoder_proj.text_lm_head."):

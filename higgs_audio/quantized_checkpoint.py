@@ -21,7 +21,6 @@ from higgs_audio.errors import CheckpointError
 
 QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
-SOURCE_FORMAT = "quantized"  # TensorSource: keys are already our names
 FORMAT = 1
 
 
@@ -44,12 +43,12 @@ def read_mode(directory: Path) -> str | None:
 
 def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storage: torch.dtype) -> nn.Module:
     """Build the model from a quantized checkpoint, strictly: every key, shape and quantized dtype is checked."""
-    from higgs_audio.checkpoint import TensorSource, check_tensors, safetensors_files
+    from higgs_audio.checkpoint import OUR_NAMES, TensorSource, check_tensors, safetensors_files
     from higgs_audio.model.higgs import HiggsAudioModel
     from higgs_audio.model.quantize import quantized_class, replace_linears
 
     cls = quantized_class(mode)
-    source = TensorSource(safetensors_files(directory), SOURCE_FORMAT)
+    source = TensorSource(safetensors_files(directory), OUR_NAMES)
     with torch.device("meta"):
         model = HiggsAudioModel(cfg, text_head=any(k.startswith("text_head.") for k in source.parts))
     linears = {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
