@@ -72,6 +72,7 @@ class HiggsAudio:
         max_len: int = 4096,
         compile: bool = False,
         prefill_chunk: int | None = None,
+        progress: bool = False,
     ) -> HiggsAudio:
         """Load the generation model and the audio codec (hub ids or local directories).
 
@@ -79,11 +80,12 @@ class HiggsAudio:
         ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized;
         ``compile=True`` captures the decode step with torch.compile (CUDA graphs on CUDA);
         ``prefill_chunk=N`` prefills a request joining a running batch N positions per step, so the streams
-        already decoding pause for one chunk at a time rather than for its whole prompt.
+        already decoding pause for one chunk at a time rather than for its whole prompt; ``progress`` shows
+        a bar on standard error while quantizing at load.
         """
         from higgs_audio.codec.codec import AudioCodec
 
-        net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize)
+        net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize, progress=progress)
         device = next(net.parameters()).device
         return cls(
             net,

@@ -185,12 +185,14 @@ def check_tensors(source: TensorSource, expected: dict[str, tuple[int, ...]], wh
             )
 
 
-def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", quantize: str | None = None):
+def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", quantize: str | None = None,
+               progress: bool = False):
     """Load the generation model strictly. Returns (model, config, directory).
 
     ``dtype`` is the compute dtype. ``auto`` on a CPU keeps the weights in bf16 (half the memory and
     bandwidth) while computing in fp32; ``quantize`` ("int8" or "int4") stores linear weights quantized.
-    A checkpoint written by ``higgs-audio quantize`` loads as it was quantized.
+    A checkpoint written by ``higgs-audio quantize`` loads as it was quantized. ``progress`` shows a bar
+    while quantizing at load (a minute or more on a CPU).
     """
     from higgs_audio.config import ModelConfig
     from higgs_audio.device import pick_device, pick_dtype
@@ -228,7 +230,7 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
         model.load_state_dict(state, strict=True, assign=True)
         del state, source  # the open files' mappings go as soon as no tensor uses them
         if quantize:
-            quantize_linears(model, quantize)
+            quantize_linears(model, quantize, progress)
         elif storage != compute:
             compact_linears(model, native=device.type != "cpu" or cpu_has_native_bf16())
     model.reset_buffers(device)

@@ -232,7 +232,8 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
 
     started = time.perf_counter()
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
-                                     quantize=args.quantize, max_len=args.max_len)
+                                     quantize=args.quantize, max_len=args.max_len,
+                                     progress=sys.stderr.isatty() and not args.quiet)
     voices = _encode_voices(plan, library, api.codec)
     dump, handle = _prompt_dumper(args.dump_prompts)
     try:

@@ -183,11 +183,14 @@ def quantized_class(mode: str):
         raise ValueError(f"unknown quantization {mode!r}: use one of {', '.join(MODES)}") from None
 
 
-def replace_linears(model: nn.Module, make) -> None:
+def replace_linears(model: nn.Module, make, progress: str | None = None) -> None:
     """Replace every nn.Linear with ``make(name, linear)``, one at a time. Modules are looked up by name as
-    we go: holding them all in a list would keep every old weight alive until the end (double peak memory)."""
+    we go: holding them all in a list would keep every old weight alive until the end (double peak memory).
+    ``progress``: a bar with this label on standard error."""
+    from tqdm import tqdm
+
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    for name in names:
+    for name in tqdm(names, desc=progress, unit="layer", disable=progress is None, leave=False, dynamic_ncols=True):
         parent, _, attr = name.rpartition(".")
         owner = model.get_submodule(parent)
         setattr(owner, attr, make(name, getattr(owner, attr)))
@@ -198,7 +201,8 @@ def compact_linears(model: nn.Module, native: bool) -> None:
     replace_linears(model, lambda name, linear: CompactLinear(linear.weight.data, native))
 
 
-def quantize_linears(model: nn.Module, mode: str) -> None:
-    """Swap every nn.Linear for its weight-only ``mode`` version."""
+def quantize_linears(model: nn.Module, mode: str, progress: bool = False) -> None:
+    """Swap every nn.Linear for its weight-only ``mode`` version (a bar on standard error with ``progress``)."""
     cls = quantized_class(mode)
-    replace_linears(model, lambda name, linear: cls.from_float(linear.weight.data))
+    replace_linears(model, lambda name, linear: cls.from_float(linear.weight.data),
+                    progress=f"quantizing to {mode}" if progress else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL
 
@@ -96,7 +97,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      quantize=args.quantize, compile=args.compile,
                                      max_batch=args.max_batch, max_len=args.max_len,
-                                     prefill_chunk=args.prefill_chunk)
+                                     prefill_chunk=args.prefill_chunk, progress=sys.stderr.isatty())
     app = create_app(api, library or VoiceLibrary(args.voices_dir), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

@@ -148,3 +148,10 @@ def test_int8_weight_at_an_unaligned_offset_serves_a_batch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"
+
+
+def test_quantizing_at_load_shows_progress_only_when_asked(tiny_original, capsys):
+    load_model(tiny_original, device="cpu", quantize="int8")
+    assert capsys.readouterr().err == ""
+    load_model(tiny_original, device="cpu", quantize="int8", progress=True)
+    assert "quantizing to int8" in capsys.readouterr().err
