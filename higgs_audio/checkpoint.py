@@ -60,6 +60,7 @@ def read_json(path: Path) -> dict:
 
 INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
+PADDING_PREFIX = "__padding__."  # alignment filler in the files we write (quantized copies), not a tensor
 # Training wrappers store some matrices as a frozen and a trainable part, concatenated along rows (frozen first).
 _SPLIT_PARTS = (("embedding_frozen", "embedding_trainable"), ("linear_frozen", "linear_trainable"))
 
@@ -122,7 +123,7 @@ class TensorSource:
         split: dict[str, dict[str, tuple[Path, str]]] = {}
         for f, h in self._handles.items():
             for key in h.keys():
-                if key.endswith(_IGNORED_SUFFIXES):
+                if key.endswith(_IGNORED_SUFFIXES) or key.startswith(PADDING_PREFIX):
                     continue
                 for frozen, trainable in _SPLIT_PARTS:
                     for part in (frozen, trainable):

@@ -3,7 +3,8 @@
 A quantized checkpoint is a directory holding the source's ``config.json`` and text-tokenizer files, a
 ``quantization.json`` (``{"format": 1, "mode": "int8" | "int4"}``) and one ``model.safetensors`` whose
 tensors carry our modules' names: each quantized linear stores its ``FIELDS``, everything else its bf16
-tensor. It is device independent (int4 is packed for the device at load).
+tensor. It is device independent (int4 is packed for the device at load). Every tensor starts at a 64-byte
+aligned file offset, so the CPU int8 kernel can use the memory-mapped file as it is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -72,6 +74,40 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
     return model
 
 
+_ALIGN = 64  # bytes: torch's CPU int8 kernel needs weights aligned like this
+_SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.bfloat16: "BF16", torch.float16: "F16",
+                       torch.float32: "F32"}
+
+
+def _write_aligned(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file whose tensors all start at ``_ALIGN``-byte offsets in the file. The format
+    allows no gaps between tensors, so alignment gaps are filled by ``PADDING_PREFIX`` entries, which
+    readers of our checkpoints skip; the header itself is padded with spaces, as the format allows."""
+    from higgs_audio.checkpoint import PADDING_PREFIX
+
+    header: dict = {"__metadata__": metadata}
+    pieces: list[torch.Tensor] = []
+    offset = 0
+    for name, tensor in tensors.items():
+        gap = -offset % _ALIGN
+        if gap:
+            pieces.append(torch.zeros(gap, dtype=torch.uint8))
+            header[f"{PADDING_PREFIX}{len(pieces)}"] = {"dtype": "U8", "shape": [gap],
+                                                       "data_offsets": [offset, offset + gap]}
+            offset += gap
+        data = tensor.contiguous().view(-1).view(torch.uint8)
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + data.numel()]}
+        pieces.append(data)
+        offset += data.numel()
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % _ALIGN)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for data in pieces:
+            f.write(data.numpy())
+
+
 def _copy_side_files(source: Path, target: Path) -> None:
     """Everything but the float weights: config.json, the text tokenizer, generation defaults, notes."""
     from higgs_audio.checkpoint import INDEX_FILE
@@ -88,7 +124,6 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
     The directory appears whole or not at all (written beside it, then renamed); an existing ``out`` is
     replaced only with ``force``.
     """
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     from higgs_audio.checkpoint import load_model, resolve
@@ -119,7 +154,7 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
     staging.mkdir()
     try:
         _copy_side_files(source, staging)
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "quantization": mode})
+        _write_aligned(staging / WEIGHTS_FILE, tensors, metadata={"format": "pt", "quantization": mode})
         (staging / QUANTIZATION_FILE).write_text(json.dumps({"format": FORMAT, "mode": mode, "source": str(model_name)},
                                                             indent=2) + "\n")
         if out.exists():
