@@ -4,7 +4,7 @@ Full-size random weights in the official shapes (bf16, ~11.5 GB) are written onc
 Each engine configuration runs in its own subprocess so peak memory is measured per configuration.
 
     python benchmarks/generate.py                       # CPU: ours (auto, int8) vs the port
-    python benchmarks/generate.py --device cuda --compile --configs bf16,int8,int4 --streams 1,16
+    python benchmarks/generate.py --device cuda --compile --configs bf16,bf16-eager,int8,int4 --streams 1,16
 
 Reported per configuration: prefill seconds for a ~300-token voice-clone prompt, single-stream decode
 frames/s, aggregate frames/s at each batch size, time to first decodable audio frame, peak RSS / GPU memory.
@@ -37,8 +37,9 @@ PROMPT = (
 )
 
 
-def write_weights(cache: Path) -> Path:
-    """Full-size random weights, native format, sharded per layer group; written once."""
+def write_weights(cache: Path, device: str) -> Path:
+    """Full-size random weights, native format, sharded per layer group; written once (drawn on ``device``:
+    a GPU draws 3 B numbers in a blink, a CPU in a minute)."""
     from safetensors.torch import save_file
 
     from tests.helpers.tiny_model import FULL, native_config, original_config, original_shapes, to_native_keys
@@ -53,13 +54,13 @@ def write_weights(cache: Path) -> Path:
     for name, shape in shapes.items():
         group = name.split(".")[1] if name.startswith("layers.") else "rest"
         groups.setdefault(group, {})[name] = shape
-    weight_map, total, g = {}, 0, torch.Generator().manual_seed(0)
+    weight_map, total, g = {}, 0, torch.Generator(device).manual_seed(0)
     for i, (group, members) in enumerate(sorted(groups.items())):
         tensors = {}
         for name, shape in members.items():
             scale = 1.0 if len(shape) == 1 or "embed" in name else shape[1] ** -0.5
             base = 1.0 if len(shape) == 1 else 0.0
-            tensors[name] = (base + scale * torch.randn(shape, generator=g)).to(torch.bfloat16)
+            tensors[name] = (base + scale * torch.randn(shape, generator=g, device=device)).to(torch.bfloat16).cpu()
         tensors = to_native_keys(tensors)
         fname = f"model-{i:05d}.safetensors"
         save_file(tensors, str(target / fname))
@@ -95,6 +96,8 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
     from higgs_audio.engine import BatchDecoder, Request, SamplingParams
     from higgs_audio.text_tokenizer import TextTokenizer
 
+    if config.endswith("-eager"):  # on CUDA, the same configuration without CUDA graphs: their gain
+        config, compile = config.removesuffix("-eager"), False
     if config.endswith("-saved"):  # the copy written by save_quantized: loads without quantizing
         weights, config = weights.parent / f"generation-full-{config}", "auto"
     dtype, quantize = {"auto": ("auto", None), "bf16": ("bfloat16", None), "int8": ("auto", "int8"),
@@ -114,6 +117,7 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
     del warm
     for n in sorted(set(streams)):
         decoder = BatchDecoder(model, tok, max_batch=n, max_len=max_len, compile=compile)
+        forward = _time_device_work(decoder) if device.startswith("cuda") else None
         sync()
         t = time.perf_counter()
         for _ in range(n):
@@ -138,13 +142,33 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
                 first = time.perf_counter() - t
         sync()
         elapsed = time.perf_counter() - t
-        out[f"streams_{n}"] = {"frames_per_s": produced / elapsed, "prefill_s": prefill}
+        out[f"streams_{n}"] = {"frames_per_s": produced / elapsed, "prefill_s": prefill, "step_ms": 1e3 * elapsed / steps}
+        if forward:  # GPU time per step of the CUDA graph (whole step) or, eager, of the forward pass alone
+            out[f"streams_{n}"]["device_ms"] = sorted(s.elapsed_time(e) for s, e in forward[-frames:])[frames // 2]
         if n == 1:
             out["prefill_s"] = prefill
             out["decode_frames_per_s"] = produced / elapsed
             out["first_frame_s"] = prefill + first + elapsed / steps  # prefill + 8 decode steps
     out["peak_memory_gib"] = _peak_memory(device)
     return out
+
+
+def _time_device_work(decoder) -> list:
+    """Record CUDA events around each replay of the decoder's CUDA graph (the whole step's device work) or, without
+    graphs, each call of its forward pass; returns the list of (start, end) events."""
+    owner, name = (decoder._graphs, "replay") if decoder._graphs is not None else (decoder, "_decode")
+    events, fn = [], getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn(*args, **kwargs)
+        end.record()
+        events.append((start, end))
+        return out
+
+    setattr(owner, name, timed)
+    return events
 
 
 def run_port(weights: Path, device: str, frames: int) -> dict:
@@ -204,10 +228,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", default="auto,int8",
                         help="ours: auto, bf16, int8, int4, int8-saved, int4-saved (comma-separated; -saved loads a "
-                             "copy written once by save_quantized)")
+                             "copy written once by save_quantized), each optionally + -eager")
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on CUDA)")
+    parser.add_argument("--compile", action="store_true",
+                        help="static decode step: CUDA graphs on CUDA, torch.compile elsewhere (a config ending in "
+                             "-eager opts out, to measure the gain)")
     parser.add_argument("--skip-port", action="store_true")
     parser.add_argument("--cpu-isa", help="cap oneDNN and ATen to this instruction set (e.g. avx2) in both engines, "
                         "to measure as on a CPU without native bf16")
@@ -230,7 +256,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    write_weights(args.cache_dir)
+    write_weights(args.cache_dir, args.device)
     configs = args.configs.split(",") + ([] if args.skip_port else ["port"])
     for config in configs:
         if config.endswith("-saved") and not (args.cache_dir / f"generation-full-{config}").exists():
@@ -265,6 +291,13 @@ def main() -> None:
         row = f"{name:10} {r['load_s']:7.1f} {r['prefill_s']:10.2f} {r['decode_frames_per_s']:11.2f} {r['first_frame_s']:14.2f} {r['peak_memory_gib']:9.2f}"
         row += "".join(f" {r[f'streams_{n}']['frames_per_s']:15.2f}" if f"streams_{n}" in r else f" {'-':>15}" for n in streams)
         print(row)
+    timed = [(name, n, r[f"streams_{n}"]) for name, r in results.items() for n in streams
+             if "device_ms" in r.get(f"streams_{n}", {})]
+    if timed:
+        print("\nper decode step, ms: wall time / GPU time of the CUDA graph (sampling included) or, eager, of the "
+              "forward pass")
+        for name, n, r in timed:
+            print(f"  {name} {n} streams: {r['step_ms']:.2f} / {r['device_ms']:.2f}")
     if port and "error" not in port:
         print("\nratios against the port (same run):")
         for name, r in results.items():

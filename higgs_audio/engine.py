@@ -22,6 +22,7 @@ import torch
 
 from higgs_audio import sampling
 from higgs_audio.config import ModelConfig
+from higgs_audio.cuda_graphs import CapturedSteps
 from higgs_audio.delay import add_delay_pattern
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
@@ -152,7 +153,7 @@ class BatchDecoder:
         compile: bool = False,
         prefill_chunk: int | None = None,
     ):
-        """``compile``: capture the decode step with torch.compile (CUDA graphs on CUDA). Shapes are then
+        """``compile``: replay the decode step from CUDA graphs on CUDA, torch.compile it elsewhere. Shapes are then
         kept static: every slot takes part in each step and attention spans whole ``KV_BUCKET`` blocks.
         ``prefill_chunk``: while other streams are decoding, prefill a joining prompt this many positions
         per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's)."""
@@ -178,10 +179,33 @@ class BatchDecoder:
         self.streams: dict[int, _Stream] = {}
         self.static = compile
         self._decode = model
-        if compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._decode = torch.compile(model, mode=mode, dynamic=False)
+        self._graphs = CapturedSteps() if compile and self.device.type == "cuda" else None
+        if compile and self._graphs is None:
+            self._decode = torch.compile(model, dynamic=False)
+        self._slots = torch.arange(max_batch, device=dev)
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
+        if self._graphs is not None:
+            self._capture_audio_steps()
+
+    @torch.inference_mode()
+    def _capture_audio_steps(self) -> None:
+        """Capture the all-audio step for every attention-length bucket now, while no stream decodes: the
+        capture's warm-up run changes only the state of idle slots, which ``_activate`` resets."""
+        buckets = range(self.KV_BUCKET, self.max_len + self.KV_BUCKET, self.KV_BUCKET)
+        for kv_len in sorted({min(b, self.max_len) for b in buckets}):
+            self._graphs.capture(kv_len, lambda kv_len=kv_len: self._audio_step_all(kv_len))
+
+    def _audio_step_all(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """An all-audio decode step of every slot as device work alone, so that one CUDA graph holds it, sampling
+        included: idle slots compute too, on state that ``_activate`` resets, writing the cache's unused last
+        position. Returns every slot's column and whether it ends its segment."""
+        positions = torch.where(self.active, self.pos, self.max_len - 1)[:, None]
+        x = self.model.embed(self.next_id[:, None], self.next_codes[:, None], True)
+        h = self.model(x, True, positions, self.cache, kv_len=kv_len)[:, 0]
+        column, finished = self._sample_audio(self._slots, h)
+        self.pos += self.active
+        self.counter += self.active
+        return column, finished
 
     # -- joining --------------------------------------------------------------------------------
 
@@ -298,27 +322,16 @@ class BatchDecoder:
         live_audio = is_audio[active]
         audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
         kv_len = int(self.pos[:hi][active].max()) + 1
-        # Rows not decoding (free, or a prompt being prefilled) write to the cache's last position, which no
-        # stream uses: add() leaves room for it.
-        positions = torch.where(active, self.pos[:hi], self.max_len - 1)[:, None]
         if self.static:  # a bounded number of captured shapes
             kv_len = min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
-        cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
-        x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
-        h = self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
-
         events, self._pending = self._pending, []
-        audio_rows = (active & is_audio).nonzero()[:, 0]
-        init_rows = (active & self.init[:hi]).nonzero()[:, 0]
-        text_rows = (active & ~is_audio & ~self.init[:hi]).nonzero()[:, 0]
-        if len(audio_rows):
-            events += self._audio_step(audio_rows, h[audio_rows])
-        if len(init_rows):
-            events += self._start_audio(init_rows)
-        if len(text_rows):
-            events += self._text_step(text_rows, h[text_rows])
-        self.pos[:hi] += active
-        self.counter[:hi] += active
+        if self._graphs is not None and audio_sel is True:
+            column, finished = self._graphs.replay(kv_len)
+            last = finished.tolist()
+            events += self._audio_events([(slot, column[slot], last[slot]) for slot, s in self.streams.items()
+                                          if s.decoding])
+        else:
+            events += self._step(hi, audio_sel, kv_len)
         done = {e.slot for e in events if e.kind == "done"}
         for slot, s in self.streams.items():
             if s.prefilling:
@@ -331,7 +344,33 @@ class BatchDecoder:
                 self.release(e.slot)
         return events
 
-    def _audio_step(self, rows: torch.Tensor, h: torch.Tensor) -> list[Event]:
+    def _step(self, hi: int, audio_sel, kv_len: int) -> list[Event]:
+        """A decode step of slots ``:hi`` around the model's forward pass (eager or compiled)."""
+        active, is_audio = self.active[:hi], self.next_audio[:hi]
+        # Rows not decoding (free, or a prompt being prefilled) write to the cache's last position, which no
+        # stream uses: add() leaves room for it.
+        positions = torch.where(active, self.pos[:hi], self.max_len - 1)[:, None]
+        cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
+        x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
+        h = self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
+        events = []
+        audio_rows = (active & is_audio).nonzero()[:, 0]
+        init_rows = (active & self.init[:hi]).nonzero()[:, 0]
+        text_rows = (active & ~is_audio & ~self.init[:hi]).nonzero()[:, 0]
+        if len(audio_rows):
+            column, finished = self._sample_audio(audio_rows, h[audio_rows])
+            events += self._audio_events(list(zip(audio_rows.tolist(), column, finished.tolist())))
+        if len(init_rows):
+            events += self._start_audio(init_rows)
+        if len(text_rows):
+            events += self._text_step(text_rows, h[text_rows])
+        self.pos[:hi] += active
+        self.counter[:hi] += active
+        return events
+
+    def _sample_audio(self, rows: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample the next column of audio ``rows`` from their hidden states and advance their delay-pattern
+        state, as device work alone. Returns the columns and which of them end a segment."""
         logits = self.model.audio_logits(h)
         scores = sampling.warp(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows])
         seed, counter = self.seed[rows], self.counter[rows]
@@ -346,12 +385,16 @@ class BatchDecoder:
         self.next_codes[rows] = column
         self.next_audio[rows] = ~finished
         self.next_id[rows] = torch.where(finished, self.tokens.audio_eos, self.tokens.audio_out)
+        return column, finished
+
+    def _audio_events(self, columns: list[tuple[int, torch.Tensor, bool]]) -> list[Event]:
+        """Events for sampled columns, given as (slot, column, whether it ends the segment)."""
         events = []
-        for i, slot in enumerate(rows.tolist()):
+        for slot, column, last in columns:
             s = self.streams[slot]
             s.segment_columns += 1
-            events.append(Event(slot, "audio", column=column[i], last=bool(finished[i])))
-            if finished[i]:
+            events.append(Event(slot, "audio", column=column, last=last))
+            if last:
                 s.text_ids.append(self.tokens.audio_eos)
                 s.segment_columns = 0
             elif s.guard_columns is not None and s.segment_columns >= s.guard_columns:

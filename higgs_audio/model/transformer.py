@@ -105,7 +105,9 @@ class KVCache:
         self.v[layer].scatter_(2, idx, v)
 
     def mark_audio(self, positions: torch.Tensor, audio: AudioSelect) -> None:
-        flags = torch.as_tensor(audio, device=positions.device).expand(positions.shape)
+        # A bool is filled on the device: copying it from the host could not be captured in a CUDA graph.
+        flags = audio if isinstance(audio, torch.Tensor) else torch.full_like(positions, audio, dtype=torch.bool)
+        flags = flags.expand(positions.shape)
         self.audio.scatter_(1, positions, flags)
 
 

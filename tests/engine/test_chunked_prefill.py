@@ -10,6 +10,7 @@ from higgs_audio.checkpoint import load_model
 from higgs_audio.engine import BatchDecoder, Request, SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
 from tests.engine.test_port_generation import PROMPT
+from tests.helpers.eager_steps import use_eager_steps
 
 CHUNK = 7
 
@@ -38,11 +39,14 @@ def _alone(model, tok, request):
     return torch.stack(columns)
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_joining_prompt_is_prefilled_in_chunks_without_stalling_others(setup, monkeypatch, static):
+@pytest.mark.parametrize("mode", ["eager", "static", "graphs"])
+def test_joining_prompt_is_prefilled_in_chunks_without_stalling_others(setup, monkeypatch, mode):
+    """``graphs``: the all-audio step of the CUDA path, which also runs for the slot being prefilled."""
     model, tok, requests = setup
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # the static path, without compile time
-    decoder = BatchDecoder(model, tok, max_batch=2, max_len=300, prefill_chunk=CHUNK, compile=static)
+    decoder = BatchDecoder(model, tok, max_batch=2, max_len=300, prefill_chunk=CHUNK, compile=mode != "eager")
+    if mode == "graphs":
+        use_eager_steps(decoder)
     names = {decoder.add(requests["short"]): "short", decoder.add(requests["long"]): "long"}
     columns = {name: [] for name in requests}
     joiner = None

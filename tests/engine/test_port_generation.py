@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from higgs_audio.checkpoint import load_model
 from higgs_audio.delay import add_delay_pattern
 from higgs_audio.engine import BatchDecoder, Request, SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
+from tests.helpers.eager_steps import use_eager_steps
 from tests.helpers.tiny_model import load_port
 
 PROMPT = (
@@ -61,24 +63,32 @@ def test_greedy_codes_equal_port(tiny_native):
     assert len(set(ours[10:, 0].tolist())) > 5
 
 
-def test_static_compiled_step_matches_eager(tiny_original, monkeypatch):
-    """The static-shape decode step used under torch.compile (every slot, bucketed attention length)
-    produces the same streams as the eager step. torch.compile itself is replaced by the identity here:
-    compiling on a CPU takes minutes (the GPU benchmark script exercises the real capture)."""
-    model, _, _ = load_model(tiny_original, device="cpu", dtype="float32")
+@pytest.mark.parametrize(
+    "device, graphs",
+    [("cpu", False), ("cpu", True),
+     pytest.param("cuda", True, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_static_compiled_step_matches_eager(tiny_original, monkeypatch, device, graphs):
+    """The static-shape decode step (every slot, bucketed attention length) produces the same streams as the
+    eager step. On CUDA its all-audio steps are replayed from CUDA graphs, sampling included; on the CPU the
+    same all-audio step runs without capture (``graphs``), and torch.compile is replaced by the identity
+    (compiling takes minutes there), which still checks the static shapes."""
+    model, _, _ = load_model(tiny_original, device=device, dtype="float32")
     tok = TextTokenizer(tiny_original)
     ids = tok.encode(PROMPT.replace("<|AUDIO_OUT|>", "x"))
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
 
     def run(compile: bool):
         decoder = BatchDecoder(model, tok, max_batch=3, max_len=300, compile=compile)
+        if compile and graphs and device == "cpu":
+            use_eager_steps(decoder)
         decoder.add(Request(ids, [], SamplingParams(temperature=0.8, seed=3, max_new_tokens=40)))
         decoder.add(Request(ids, [], SamplingParams(temperature=0, ras_window=0, max_new_tokens=25)))
         columns = {0: [], 1: []}
         while decoder.streams:
             for e in decoder.step():
                 if e.kind == "audio":
-                    columns[e.slot].append(e.column)
+                    columns[e.slot].append(e.column.cpu())
         return {k: torch.stack(v) for k, v in columns.items()}
 
     eager, static = run(False), run(True)

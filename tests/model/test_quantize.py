@@ -36,9 +36,9 @@ def small_dir(tmp_path_factory):
     return write_original(tmp_path_factory.mktemp("small"), random_weights(cfg, seed=11), cfg)
 
 
-def _teacher_forced_logits(directory, **load):
+def _teacher_forced_logits(directory, device="cpu", **load):
     """Audio logits (FRAMES, 8, 1026) for a prompt followed by FRAMES fixed audio columns."""
-    model, cfg, _ = load_model(directory, device="cpu", **load)
+    model, cfg, _ = load_model(directory, device=device, **load)
     tok = TextTokenizer(directory)
     ids = tok.encode(
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nSpeak now.<|eot_id|>"
@@ -47,10 +47,10 @@ def _teacher_forced_logits(directory, **load):
     columns = torch.randint(0, 1024, (8, FRAMES), generator=torch.Generator().manual_seed(2))
     merged = merge_placeholders(ids, [columns], tok.token_id("<|AUDIO|>"), tok.token_id("<|AUDIO_OUT|>"), 8)
     n = len(merged.ids)
-    cache = KVCache.allocate(cfg, 1, n, model.compute_dtype, "cpu")
-    x = model.embed(merged.ids[None], merged.codes[None], merged.audio[None])
-    h = model(x, merged.audio[None], torch.arange(n)[None], cache, kv_len=n)
-    return model.audio_logits(h[0, merged.audio_out])
+    cache = KVCache.allocate(cfg, 1, n, model.compute_dtype, device)
+    ids, codes, audio = (t[None].to(device) for t in (merged.ids, merged.codes, merged.audio))
+    h = model(model.embed(ids, codes, audio), audio, torch.arange(n, device=device)[None], cache, kv_len=n)
+    return model.audio_logits(h[0, merged.audio_out.to(device)]).cpu()
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,18 @@ def reference_logits(small_dir):
     "load, min_agree, min_corr",
     [(dict(quantize="int8"), 0.95, 0.999), (dict(dtype="auto"), 0.95, 0.999), (dict(quantize="int4"), 0.5, 0.95)],
 )
-def test_compact_weights_agree_with_fp32(small_dir, reference_logits, load, min_agree, min_corr):
-    """Greedy choice per frame and codebook (teacher-forced over 200 frames) and logit correlation."""
-    logits = _teacher_forced_logits(small_dir, **load)
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_compact_weights_agree_with_fp32(small_dir, reference_logits, load, min_agree, min_corr, device):
+    """Greedy choice per frame and codebook (teacher-forced over 200 frames) and logit correlation, against
+    fp32 on the CPU."""
+    logits = _teacher_forced_logits(small_dir, device, **load)
     assert logits.dtype == torch.float32
     agree = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
     corr = torch.corrcoef(torch.stack([logits.flatten(), reference_logits.flatten()]))[0, 1].item()
-    print(f"{load}: greedy agreement {agree:.4f}, logit correlation {corr:.5f}")
+    print(f"{device} {load}: greedy agreement {agree:.4f}, logit correlation {corr:.5f}")
     assert agree >= min_agree, agree
     assert corr > min_corr, corr
 
