@@ -104,9 +104,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if flat.shape[0] > _DECODE_ROWS:
+        if flat.shape[0] > _DECODE_ROWS or x.is_cuda:
             # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
-            # a CPU without native bf16.
+            # a CPU without native bf16. On CUDA always: torch's int8 kernel there took 155 us for one row of
+            # a 3072 x 8192 layer on an H200, dequantising and a bf16 matmul 85 us (the bf16 matmul alone 21).
             dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
             out = F.linear(flat.to(dtype), _widened(self.weight, dtype).mul_(self.scales.to(dtype)[:, None]))
         else:
