@@ -49,7 +49,8 @@ def _widened(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     key = (dtype, weight.device)
     buf = getattr(_scratch, "buffers", {}).get(key)
     if buf is None or buf.numel() < weight.numel():
-        buf = torch.empty(weight.numel(), dtype=dtype, device=weight.device)
+        with torch.inference_mode(False):  # a normal tensor: usable both inside and outside inference mode
+            buf = torch.empty(weight.numel(), dtype=dtype, device=weight.device)
         _scratch.buffers = {**getattr(_scratch, "buffers", {}), key: buf}
     return buf[: weight.numel()].view(weight.shape).copy_(weight)
 

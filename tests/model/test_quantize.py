@@ -102,6 +102,16 @@ def test_int8_and_int4_linear_error_is_small():
         Int4Linear.from_float(torch.randn(8, 100))
 
 
+def test_int8_prefill_runs_inside_and_outside_inference_mode():
+    """The dequantisation scratch buffer first made under inference mode (a decode step on CUDA, or a chunked
+    prefill) must still serve a prefill outside it (a plain ``add``)."""
+    layer = Int8Linear.from_float(torch.randn(64, 32))
+    x = torch.randn(20, 32)  # more rows than the matrix-vector path takes
+    with torch.inference_mode():
+        inside = layer(x)
+    assert torch.equal(layer(x), inside)
+
+
 def test_quantized_linear_takes_no_rows():
     """A DualFFN layer hands its audio MLP no rows when a prompt has no audio positions."""
     w = torch.randn(384, 256)
