@@ -327,7 +327,7 @@ class BatchDecoder:
         events, self._pending = self._pending, []
         if self._graphs is not None and audio_sel is True:
             column, finished = self._graphs.replay(kv_len)
-            last = finished.tolist()
+            column, last = column.clone(), finished.tolist()  # the next replay overwrites the graph's outputs
             events += self._audio_events([(slot, column[slot], last[slot]) for slot, s in self.streams.items()
                                           if s.decoding])
         else:

@@ -88,8 +88,8 @@ def test_static_compiled_step_matches_eager(tiny_original, monkeypatch, device, 
         while decoder.streams:
             for e in decoder.step():
                 if e.kind == "audio":
-                    columns[e.slot].append(e.column.cpu())
-        return {k: torch.stack(v) for k, v in columns.items()}
+                    columns[e.slot].append(e.column)  # kept on the device: a later step must not change it
+        return {k: torch.stack(v).cpu() for k, v in columns.items()}
 
     eager, static = run(False), run(True)
     for slot in eager:

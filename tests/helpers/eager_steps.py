@@ -1,19 +1,22 @@
-"""The CUDA-graph decode path without a GPU: ``EagerSteps`` behaves as ``cuda_graphs.CapturedSteps`` but runs
-the captured function again at each replay, so the CPU tests cover the all-audio step's logic."""
+"""The CUDA-graph decode path without a GPU: ``EagerSteps`` behaves as ``cuda_graphs.CapturedSteps`` (outputs
+included: each replay overwrites the tensors the capture returned) but runs the function again at each
+replay, so the CPU tests cover the all-audio step's logic and the use of its outputs."""
 
 from __future__ import annotations
 
 
 class EagerSteps:
     def __init__(self):
-        self._fns = {}
+        self._steps = {}
 
     def capture(self, key, fn) -> None:
-        fn()  # as the real capture's first run, which changes idle slots' state
-        self._fns[key] = fn
+        self._steps[key] = (fn, fn())  # as the real capture's first run, which changes idle slots' state
 
     def replay(self, key):
-        return self._fns[key]()
+        fn, out = self._steps[key]
+        for static, fresh in zip(out, fn()):
+            static.copy_(fresh)
+        return out
 
 
 def use_eager_steps(decoder) -> None:
