@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,23 +22,40 @@ _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector pro
 _CPU_ALIGN = 64  # bytes; what torch's CPU allocator guarantees
 
 
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 and Arm names in /proc/cpuinfo
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (Linux), or None where they cannot be read."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith(("flags", "Features"))),
+                None)
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices faster than fp32. Measured (about 20 ms, once) rather than
-    read from the CPU flags, because the kernels torch reaches also depend on its build and on oneDNN's ISA
-    cap (``ONEDNN_MAX_CPU_ISA``); native and emulated bf16 differ by over 10x, so one small matmul decides."""
+    """Whether this CPU multiplies bf16 matrices faster than fp32. A CPU whose flags lack bf16 instructions
+    has none; otherwise it is measured (under 100 ms, once), because the kernels torch reaches also depend on
+    its build and on oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``). Native and emulated bf16 differ by over 5x,
+    but a busy machine can stall the fp32 run's threads as long, hence the flags first."""
+    flags = _cpu_flags()
+    if flags is not None and not flags & _BF16_FLAGS:
+        return False
 
-    def best_of_3(x: torch.Tensor, w: torch.Tensor) -> float:
+    def seconds(x: torch.Tensor, w: torch.Tensor) -> float:
+        start = time.perf_counter()
         F.linear(x, w)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            F.linear(x, w)
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return time.perf_counter() - start
 
     x, w = torch.randn(64, 1024), torch.randn(1024, 1024)
-    return best_of_3(x.bfloat16(), w.bfloat16()) < best_of_3(x, w)
+    pairs = [(x.bfloat16(), w.bfloat16()), (x, w)]
+    best = [min(seconds(*pair) for _ in range(2)) for pair in pairs]  # the first call of each sets up kernels
+    for _ in range(4):  # alternating, so that other work on the machine slows both alike
+        best = [min(b, seconds(*pair)) for b, pair in zip(best, pairs)]
+    return best[0] < best[1]
 
 
 _scratch = threading.local()

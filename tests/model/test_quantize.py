@@ -146,6 +146,15 @@ def test_emulated_bf16_is_detected_by_measurement():
     assert out.stdout.strip() == "False"
 
 
+def test_cpu_flags_without_bf16_decide_without_measuring(monkeypatch):
+    """A CPU without bf16 instructions computes in fp32 even when a busy machine would skew the measurement."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "_cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
+    monkeypatch.setattr(quantize_module.F, "linear", lambda *a: pytest.fail("measured despite the flags"))
+    assert quantize_module.cpu_has_native_bf16.__wrapped__() is False
+
+
 def test_int8_weight_at_an_unaligned_offset_serves_a_batch():
     """Weights read from a safetensors file sit at arbitrary offsets; torch's int8 kernel crashed the process
     on those for 3+ rows, so the layer must realign them. Run apart: a crash would end the test session."""
