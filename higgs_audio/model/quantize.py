@@ -128,7 +128,10 @@ class Int8Linear(nn.Module):
             # a CPU without native bf16. On CUDA always: torch's int8 kernel there took 155 us for one row of
             # a 3072 x 8192 layer on an H200, dequantising and a bf16 matmul 85 us (the bf16 matmul alone 21).
             dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
-            out = F.linear(flat.to(dtype), _widened(self.weight, dtype).mul_(self.scales.to(dtype)[:, None]))
+            # On CUDA a plain allocation: the caching allocator makes it cheap, and a captured CUDA graph then
+            # owns its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
+            weight = self.weight.to(dtype) if x.is_cuda else _widened(self.weight, dtype)
+            out = F.linear(flat.to(dtype), weight.mul_(self.scales.to(dtype)[:, None]))
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
         return out.to(x.dtype).reshape(*shape[:-1], self.weight.shape[0])
