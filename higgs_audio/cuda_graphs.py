@@ -19,6 +19,9 @@ class CapturedSteps:
     def __init__(self):
         self._graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, object]] = {}
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._graphs
+
     def capture(self, key: Hashable, fn: Callable[[], object]) -> None:
         """Capture ``fn`` under ``key``. It runs once first, for real (capture needs its lazy set-up done:
         cuBLAS handles, kernel loading), then is recorded without running."""

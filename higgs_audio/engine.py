@@ -179,21 +179,27 @@ class BatchDecoder:
         self.streams: dict[int, _Stream] = {}
         self.static = compile
         self._decode = model
-        self._graphs = CapturedSteps() if compile and self.device.type == "cuda" else None
-        if compile and self._graphs is None:
-            self._decode = torch.compile(model, dynamic=False)
+        self._graphs = None
         self._slots = torch.arange(max_batch, device=dev)
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
-        if self._graphs is not None:
-            self._capture_audio_steps()
+        if compile and self.device.type == "cuda":
+            self._use_graphs(CapturedSteps())
+        elif compile:
+            self._decode = torch.compile(model, dynamic=False)
 
     @torch.inference_mode()
-    def _capture_audio_steps(self) -> None:
-        """Capture the all-audio step for every attention-length bucket now, while no stream decodes: the
-        capture's warm-up run changes only the state of idle slots, which ``_activate`` resets."""
+    def _use_graphs(self, graphs: CapturedSteps) -> None:
+        """Decode from CUDA graphs: the all-audio step for every attention-length bucket is captured now, while
+        no stream decodes (the capture's warm-up run changes only the state of idle slots, which ``_activate``
+        resets); text and mixed steps capture their forward pass when first met."""
+        self._graphs = graphs
+        b, dev = self.max_batch, self.device
+        self._x_in = torch.zeros(b, 1, self.cfg.hidden_size, dtype=self.dtype, device=dev)
+        self._positions_in = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        self._audio_in = torch.zeros(b, 1, dtype=torch.bool, device=dev)
         buckets = range(self.KV_BUCKET, self.max_len + self.KV_BUCKET, self.KV_BUCKET)
         for kv_len in sorted({min(b, self.max_len) for b in buckets}):
-            self._graphs.capture(kv_len, lambda kv_len=kv_len: self._audio_step_all(kv_len))
+            self._graphs.capture(("audio", kv_len), lambda kv_len=kv_len: self._audio_step_all(kv_len))
 
     def _audio_step_all(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An all-audio decode step of every slot as device work alone, so that one CUDA graph holds it, sampling
@@ -326,7 +332,7 @@ class BatchDecoder:
             kv_len = min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
         events, self._pending = self._pending, []
         if self._graphs is not None and audio_sel is True:
-            column, finished = self._graphs.replay(kv_len)
+            column, finished = self._graphs.replay(("audio", kv_len))
             column, last = column.clone(), finished.tolist()  # the next replay overwrites the graph's outputs
             events += self._audio_events([(slot, column[slot], last[slot]) for slot, s in self.streams.items()
                                           if s.decoding])
@@ -352,7 +358,7 @@ class BatchDecoder:
         positions = torch.where(active, self.pos[:hi], self.max_len - 1)[:, None]
         cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
         x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
-        h = self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
+        h = self._forward(x, audio_sel, positions, cache, kv_len)
         events = []
         audio_rows = (active & is_audio).nonzero()[:, 0]
         init_rows = (active & self.init[:hi]).nonzero()[:, 0]
@@ -367,6 +373,23 @@ class BatchDecoder:
         self.pos[:hi] += active
         self.counter[:hi] += active
         return events
+
+    def _forward(self, x, audio_sel, positions, cache: KVCache, kv_len: int) -> torch.Tensor:
+        """The model's last hidden states (B, H) for one position per row: eager or compiled, or with CUDA graphs
+        the forward pass alone replayed, captured the first time a text or mixed step meets this attention
+        length (its warm-up writes the same keys and values as the replay that follows)."""
+        if self._graphs is None:
+            return self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
+        kind = "mixed" if isinstance(audio_sel, torch.Tensor) else audio_sel
+        self._x_in.copy_(x)
+        self._positions_in.copy_(positions)
+        if kind == "mixed":
+            self._audio_in.copy_(audio_sel)
+        key = (kind, kv_len)
+        if key not in self._graphs:
+            audio = self._audio_in if kind == "mixed" else kind
+            self._graphs.capture(key, lambda: self.model(self._x_in, audio, self._positions_in, cache, kv_len)[:, 0])
+        return self._graphs.replay(key)
 
     def _sample_audio(self, rows: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample the next column of audio ``rows`` from their hidden states and advance their delay-pattern

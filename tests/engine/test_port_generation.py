@@ -70,12 +70,14 @@ def test_greedy_codes_equal_port(tiny_native):
 )
 def test_static_compiled_step_matches_eager(tiny_original, monkeypatch, device, graphs):
     """The static-shape decode step (every slot, bucketed attention length) produces the same streams as the
-    eager step. On CUDA its all-audio steps are replayed from CUDA graphs, sampling included; on the CPU the
-    same all-audio step runs without capture (``graphs``), and torch.compile is replaced by the identity
-    (compiling takes minutes there), which still checks the static shapes."""
+    eager step, for audio streams and a text stream beside them (mixed steps, then text-only steps). On CUDA
+    the all-audio steps are replayed from CUDA graphs, sampling included, and text and mixed steps replay
+    their forward pass; on the CPU the same steps run without capture (``graphs``), and torch.compile is
+    replaced by the identity (compiling takes minutes there), which still checks the static shapes."""
     model, _, _ = load_model(tiny_original, device=device, dtype="float32")
     tok = TextTokenizer(tiny_original)
     ids = tok.encode(PROMPT.replace("<|AUDIO_OUT|>", "x"))
+    text_ids = ids[: -1]  # without the trailing <|audio_out_bos|>: the model writes text first
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
 
     def run(compile: bool):
@@ -84,13 +86,20 @@ def test_static_compiled_step_matches_eager(tiny_original, monkeypatch, device, 
             use_eager_steps(decoder)
         decoder.add(Request(ids, [], SamplingParams(temperature=0.8, seed=3, max_new_tokens=40)))
         decoder.add(Request(ids, [], SamplingParams(temperature=0, ras_window=0, max_new_tokens=25)))
-        columns = {0: [], 1: []}
-        while decoder.streams:
+        columns, tokens = {0: [], 1: []}, []
+        for step in range(10**3):
+            if step == 10:  # all-audio steps first, then mixed ones
+                decoder.add(Request(text_ids, [], SamplingParams(temperature=1.0, seed=4, max_new_tokens=50)))
+            if not decoder.streams:
+                break
             for e in decoder.step():
                 if e.kind == "audio":
                     columns[e.slot].append(e.column)  # kept on the device: a later step must not change it
-        return {k: torch.stack(v).cpu() for k, v in columns.items()}
+                elif e.kind == "text":
+                    tokens.append((e.slot, e.token))
+        return {k: torch.stack(v).cpu() for k, v in columns.items()}, tokens
 
-    eager, static = run(False), run(True)
+    (eager, eager_tokens), (static, static_tokens) = run(False), run(True)
+    assert len(eager_tokens) > 40 and eager_tokens == static_tokens  # text ran past the audio streams' end
     for slot in eager:
         assert torch.equal(eager[slot], static[slot])
