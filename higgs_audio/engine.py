@@ -193,10 +193,10 @@ class BatchDecoder:
         no stream decodes (the capture's warm-up run changes only the state of idle slots, which ``_activate``
         resets); text and mixed steps capture their forward pass when first met."""
         self._graphs = graphs
-        b, dev = self.max_batch, self.device
-        self._x_in = torch.zeros(b, 1, self.cfg.hidden_size, dtype=self.dtype, device=dev)
-        self._positions_in = torch.zeros(b, 1, dtype=torch.long, device=dev)
-        self._audio_in = torch.zeros(b, 1, dtype=torch.bool, device=dev)
+        n, dev = self.max_batch, self.device
+        self._x_in = torch.zeros(n, 1, self.cfg.hidden_size, dtype=self.dtype, device=dev)
+        self._positions_in = torch.zeros(n, 1, dtype=torch.long, device=dev)
+        self._audio_in = torch.zeros(n, 1, dtype=torch.bool, device=dev)
         buckets = range(self.KV_BUCKET, self.max_len + self.KV_BUCKET, self.KV_BUCKET)
         for kv_len in sorted({min(b, self.max_len) for b in buckets}):
             self._graphs.capture(("audio", kv_len), lambda kv_len=kv_len: self._audio_step_all(kv_len))
