@@ -5,7 +5,7 @@
 # each with the port in the same run. Results land in $OUT (or ./gpu-results).
 #
 # The machine has no network: the packages it may lack (soundfile, soxr; llama-models for the tests' text
-# tokenizer) travel as wheels in .whl/ when present (see benchmarks/README.md).
+# tokenizer; cffi and pycparser for soundfile) travel as wheels in .whl/ when present (see benchmarks/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu-results}"; mkdir -p "$out"
