@@ -103,3 +103,27 @@ def test_static_compiled_step_matches_eager(tiny_original, monkeypatch, device, 
     assert len(eager_tokens) > 40 and eager_tokens == static_tokens  # text ran past the audio streams' end
     for slot in eager:
         assert torch.equal(eager[slot], static[slot])
+
+
+def test_torch_compiled_step_matches_eager_on_cpu(tiny_original):
+    """The CPU's ``compile=True`` really compiles (torch.compile, one attention bucket here) and gives the eager
+    step's streams."""
+    model, _, _ = load_model(tiny_original, device="cpu", dtype="float32")
+    tok = TextTokenizer(tiny_original)
+    ids = tok.encode(PROMPT.replace("<|AUDIO_OUT|>", "x"))
+
+    def run(compile: bool):
+        decoder = BatchDecoder(model, tok, max_batch=2, max_len=256, compile=compile)
+        for seed in (5, 6):
+            decoder.add(Request(ids, [], SamplingParams(temperature=0.8, seed=seed, max_new_tokens=30)))
+        columns = {0: [], 1: []}
+        while decoder.streams:
+            for e in decoder.step():
+                if e.kind == "audio":
+                    columns[e.slot].append(e.column)
+        return decoder, {k: torch.stack(v) for k, v in columns.items()}
+
+    (_, eager), (compiled_decoder, compiled) = run(False), run(True)
+    assert compiled_decoder._decode is not model  # torch.compile's wrapper
+    for slot in eager:
+        assert torch.equal(eager[slot], compiled[slot])
