@@ -197,9 +197,13 @@ class BatchDecoder:
         self._x_in = torch.zeros(n, 1, self.cfg.hidden_size, dtype=self.dtype, device=dev)
         self._positions_in = torch.zeros(n, 1, dtype=torch.long, device=dev)
         self._audio_in = torch.zeros(n, 1, dtype=torch.bool, device=dev)
-        buckets = range(self.KV_BUCKET, self.max_len + self.KV_BUCKET, self.KV_BUCKET)
-        for kv_len in sorted({min(b, self.max_len) for b in buckets}):
+        ends = range(self.KV_BUCKET, self.max_len + self.KV_BUCKET, self.KV_BUCKET)  # one length in each bucket
+        for kv_len in sorted({self._bucket(n) for n in ends}):
             self._graphs.capture(("audio", kv_len), lambda kv_len=kv_len: self._audio_step_all(kv_len))
+
+    def _bucket(self, kv_len: int) -> int:
+        """The attention length a static step uses for ``kv_len`` positions: whole ``KV_BUCKET`` blocks."""
+        return min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
 
     def _audio_step_all(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """An all-audio decode step of every slot as device work alone, so that one CUDA graph holds it, sampling
@@ -329,7 +333,7 @@ class BatchDecoder:
         audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
         kv_len = int(self.pos[:hi][active].max()) + 1
         if self.static:  # a bounded number of captured shapes
-            kv_len = min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
+            kv_len = self._bucket(kv_len)
         events, self._pending = self._pending, []
         if self._graphs is not None and audio_sel is True:
             column, finished = self._graphs.replay(("audio", kv_len))
