@@ -163,7 +163,7 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
 def _time_device_work(decoder) -> list:
     """Record CUDA events around each replay of the decoder's CUDA graph (the whole step's device work) or, without
     graphs, each call of its forward pass; returns the list of (start, end) events."""
-    owner, name = (decoder._graphs, "replay") if decoder._graphs is not None else (decoder, "_decode")
+    owner, name = (decoder._graphs, "replay") if decoder._graphs is not None else (decoder, "_forward")
     events, fn = [], getattr(owner, name)
 
     def timed(*args, **kwargs):

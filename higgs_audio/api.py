@@ -78,7 +78,7 @@ class HiggsAudio:
 
         ``dtype`` is the compute dtype (``auto``: bf16 on GPUs; on CPUs bf16 weights with fp32 compute);
         ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized;
-        ``compile=True`` replays the decode step from CUDA graphs on CUDA (torch.compile elsewhere);
+        ``compile=True`` replays the decode step from CUDA graphs (CUDA only; elsewhere it is ignored);
         ``prefill_chunk=N`` prefills a request joining a running batch N positions per step, so the streams
         already decoding pause for one chunk at a time rather than for its whole prompt; ``progress`` shows
         a bar on standard error while quantizing at load.

@@ -142,7 +142,7 @@ class BatchDecoder:
     """Prefill and batched decode of up to ``max_batch`` streams of at most ``max_len`` positions each."""
 
     HISTORY = 64  # longest RAS window supported
-    KV_BUCKET = 256  # attention length granularity of the static (compiled) decode step
+    KV_BUCKET = 256  # attention length granularity of the decode steps replayed from CUDA graphs
 
     def __init__(
         self,
@@ -153,8 +153,9 @@ class BatchDecoder:
         compile: bool = False,
         prefill_chunk: int | None = None,
     ):
-        """``compile``: replay the decode step from CUDA graphs on CUDA, torch.compile it elsewhere. Shapes are then
-        kept static: every slot takes part in each step and attention spans whole ``KV_BUCKET`` blocks.
+        """``compile``: replay the decode step from CUDA graphs (CUDA only). Shapes are then kept static: every slot
+        takes part in each step and attention spans whole ``KV_BUCKET`` blocks. Elsewhere it is ignored with a
+        warning: torch.compile made a CPU decode step twice as slow (benchmarks/README.md).
         ``prefill_chunk``: while other streams are decoding, prefill a joining prompt this many positions
         per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's)."""
         if prefill_chunk is not None and prefill_chunk < 1:
@@ -177,15 +178,13 @@ class BatchDecoder:
         self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
         self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
         self.streams: dict[int, _Stream] = {}
-        self.static = compile
-        self._decode = model
         self._graphs = None
         self._slots = torch.arange(max_batch, device=dev)
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
         if compile and self.device.type == "cuda":
             self._use_graphs(CapturedSteps())
         elif compile:
-            self._decode = torch.compile(model, dynamic=False)
+            log.warning("compile speeds up decoding on CUDA only; on %s the decode step runs eagerly", self.device)
 
     @torch.inference_mode()
     def _use_graphs(self, graphs: CapturedSteps) -> None:
@@ -326,13 +325,13 @@ class BatchDecoder:
         if all(s.prefilling for s in self.streams.values()):
             events, self._pending = self._pending, []
             return events
-        hi = self.max_batch if self.static else max(self.streams) + 1
+        hi = self.max_batch if self._graphs is not None else max(self.streams) + 1
         active = self.active[:hi]
         is_audio = self.next_audio[:hi]
         live_audio = is_audio[active]
         audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
         kv_len = int(self.pos[:hi][active].max()) + 1
-        if self.static:  # a bounded number of captured shapes
+        if self._graphs is not None:  # a bounded number of captured shapes
             kv_len = self._bucket(kv_len)
         events, self._pending = self._pending, []
         if self._graphs is not None and audio_sel is True:
@@ -355,7 +354,7 @@ class BatchDecoder:
         return events
 
     def _step(self, hi: int, audio_sel, kv_len: int) -> list[Event]:
-        """A decode step of slots ``:hi`` around the model's forward pass (eager or compiled)."""
+        """A decode step of slots ``:hi`` around the model's forward pass (eager, or replayed from a CUDA graph)."""
         active, is_audio = self.active[:hi], self.next_audio[:hi]
         # Rows not decoding (free, or a prompt being prefilled) write to the cache's last position, which no
         # stream uses: add() leaves room for it.
@@ -379,11 +378,11 @@ class BatchDecoder:
         return events
 
     def _forward(self, x, audio_sel, positions, cache: KVCache, kv_len: int) -> torch.Tensor:
-        """The model's last hidden states (B, H) for one position per row: eager or compiled, or with CUDA graphs
-        the forward pass alone replayed, captured the first time a text or mixed step meets this attention
-        length (its warm-up writes the same keys and values as the replay that follows)."""
+        """The model's last hidden states (B, H) for one position per row: eager, or with CUDA graphs the forward
+        pass alone replayed, captured the first time a text or mixed step meets this attention length (its
+        warm-up writes the same keys and values as the replay that follows)."""
         if self._graphs is None:
-            return self._decode(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
+            return self.model(x, audio_sel, positions, cache, kv_len=kv_len)[:, 0]
         kind = "mixed" if isinstance(audio_sel, torch.Tensor) else audio_sel
         self._x_in.copy_(x)
         self._positions_in.copy_(positions)

@@ -48,8 +48,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--quantize", choices=("int8", "int4"), help="store the model's linear weights quantized")
-    p.add_argument("--compile", action="store_true", help="static decode step: replayed from CUDA graphs on "
-                   "CUDA, torch.compile on a CPU (slow to start there)")
+    p.add_argument("--compile", action="store_true", help="replay the decode step from CUDA graphs (CUDA only; "
+                   "captured at start-up)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default="higgs-audio-v2", help="model id shown by /v1/models")

@@ -25,5 +25,5 @@ class EagerSteps:
 
 
 def use_eager_steps(decoder) -> None:
-    """Switch a static (``compile=True``) CPU decoder to the steps the CUDA path replays."""
+    """Switch a CPU decoder to the static-shape steps that the CUDA path (``compile=True``) replays."""
     decoder._use_graphs(EagerSteps())
