@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 REF_FRAMES = 250  # a 10 s reference clip
 AUDIO_EOS = 1025
+WEIGHTS_VERSION = "2"  # of the cached random weights' recipe: 2 added the zero eos row
 PROMPT = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nGenerate audio following instruction.\n\n"
     "<|scene_desc_start|>\nAudio is recorded from a quiet room.\n<|scene_desc_end|><|eot_id|>"
@@ -46,10 +48,14 @@ def write_weights(cache: Path, device: str) -> Path:
     from tests.helpers.tiny_model import FULL, native_config, original_config, original_shapes, to_native_keys
     from tests.helpers.text_tokenizer import write_text_tokenizer
 
-    target = cache / "generation-full-bf16"
-    if (target / "done").exists():
+    target, done = cache / "generation-full-bf16", cache / "generation-full-bf16" / "done"
+    if done.exists() and done.read_text() == WEIGHTS_VERSION:
         return target
-    target.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # an older draw (e.g. without the zero eos row): it and the copies made from it go
+        print(f"  replacing the outdated weights in {cache}", file=sys.stderr)
+        for stale in [target, *cache.glob("generation-full-*-saved")]:
+            shutil.rmtree(stale)
+    target.mkdir(parents=True)
     shapes = original_shapes(original_config(FULL))
     groups: dict[str, dict] = {}
     for name, shape in shapes.items():
@@ -76,7 +82,7 @@ def write_weights(cache: Path, device: str) -> Path:
     (target / "model.safetensors.index.json").write_text(json.dumps(index))
     (target / "config.json").write_text(json.dumps(native_config(FULL)))
     write_text_tokenizer(target)
-    (target / "done").touch()
+    done.write_text(WEIGHTS_VERSION)
     return target
 
 
@@ -239,8 +245,8 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
     parser.add_argument("--compile", action="store_true",
-                        help="static decode step: CUDA graphs on CUDA, torch.compile elsewhere (a config ending in "
-                             "-eager opts out, to measure the gain)")
+                        help="replay the decode step from CUDA graphs (CUDA only; a config ending in -eager opts "
+                             "out, to measure the gain)")
     parser.add_argument("--skip-port", action="store_true")
     parser.add_argument("--cpu-isa", help="cap oneDNN and ATen to this instruction set (e.g. avx2) in both engines, "
                         "to measure as on a CPU without native bf16")
