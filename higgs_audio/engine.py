@@ -179,7 +179,6 @@ class BatchDecoder:
         self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
         self.streams: dict[int, _Stream] = {}
         self._graphs = None
-        self._slots = torch.arange(max_batch, device=dev)
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
         if compile and self.device.type == "cuda":
             self._use_graphs(CapturedSteps())
@@ -211,7 +210,7 @@ class BatchDecoder:
         positions = torch.where(self.active, self.pos, self.max_len - 1)[:, None]
         x = self.model.embed(self.next_id[:, None], self.next_codes[:, None], True)
         h = self.model(x, True, positions, self.cache, kv_len=kv_len)[:, 0]
-        column, finished = self._sample_audio(self._slots, h)
+        column, finished = self._sample_audio(slice(None), h)  # views and copies: no gathers or scatters
         self.pos += self.active
         self.counter += self.active
         return column, finished
@@ -394,7 +393,7 @@ class BatchDecoder:
             self._graphs.capture(key, lambda: self.model(self._x_in, audio, self._positions_in, cache, kv_len)[:, 0])
         return self._graphs.replay(key)
 
-    def _sample_audio(self, rows: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample_audio(self, rows: torch.Tensor | slice, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample the next column of audio ``rows`` from their hidden states and advance their delay-pattern
         state, as device work alone. Returns the columns and which of them end a segment."""
         logits = self.model.audio_logits(h)

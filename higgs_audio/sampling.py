@@ -64,8 +64,8 @@ def keyed_uniform(
     """
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     seed, counter = seed.long(), counter.long()
-    key = _hash32(torch.full_like(seed, (salt * 0x9E3779B9) & _MASK32))
-    for word in (seed & _MASK32, (seed >> 32) & _MASK32, counter & _MASK32, (counter >> 32) & _MASK32):
+    key = _hash32((seed & _MASK32) ^ _hash32((salt * 0x9E3779B9) & _MASK32))  # the salt's hash: a Python int
+    for word in ((seed >> 32) & _MASK32, counter & _MASK32, (counter >> 32) & _MASK32):
         key = _hash32(key ^ word)
     key2 = _hash32(key ^ 0x5BD1E995)
     n = math.prod(shape)
@@ -156,13 +156,14 @@ def apply_delay_constraints(
     return new, new_delay, new_remaining, finished
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """x * c mod 2^32 for x in [0, 2^32), split in 16-bit halves of c so int64 never overflows."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+def _mul32(x, c: int):
+    """x * c mod 2^32 for x in [0, 2^32). A c of 2^31 or more is used as c - 2^32 (the same modulo 2^32), so
+    the int64 product stays within (-2^63, 2^63) and never overflows."""
+    return (x * (c - 2**32 if c >= 2**31 else c)) & _MASK32
 
 
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 (C. Wellons): a bijective 32-bit integer mixer with low bias."""
+def _hash32(x):
+    """lowbias32 (C. Wellons): a bijective 32-bit integer mixer with low bias, on tensors or Python ints."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)

@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from higgs_audio.config import ModelConfig
-from higgs_audio.model.transformer import AudioSelect, DecoderLayer, KVCache, RMSNorm, rope_cos_sin, rope_inv_freq
+from higgs_audio.model.transformer import (
+    AudioSelect,
+    DecoderLayer,
+    KVCache,
+    RMSNorm,
+    attention_bias,
+    rope_cos_sin,
+    rope_inv_freq,
+)
 
 
 @dataclass
@@ -110,11 +118,10 @@ class HiggsAudioModel(nn.Module):
         Returns the final-normed hidden states (B, L, H).
         """
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
-        slots = torch.arange(kv_len, device=x.device)
-        mask = slots[None, None, None, :] <= positions[:, None, :, None]
+        bias = attention_bias(positions, kv_len, x.dtype)
         cache.mark_audio(positions, audio)
         for i, layer in enumerate(self.layers):
-            x = layer(x, audio, cos, sin, positions, cache, i, mask)
+            x = layer(x, audio, cos, sin, positions, cache, i, bias)
         return self.norm(x)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:

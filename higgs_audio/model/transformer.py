@@ -58,19 +58,26 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """cos/sin (B, 1, L, head_dim) for positions (B, L), computed in fp32 then cast (as the reference)."""
+    """cos and signed sin (B, 1, L, head_dim) for positions (B, L), computed in fp32 then cast (as the
+    reference). The sin's first half is negated, so that rotating half of x is a roll (see ``_apply_rope``)."""
     freqs = positions[..., None].float() * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+    cos, sin = freqs.cos().to(dtype), freqs.sin().to(dtype)
+    return torch.cat((cos, cos), dim=-1)[:, None], torch.cat((-sin, sin), dim=-1)[:, None]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1): the sign lives in ``signed_sin``
+    (negation is exact, so the products are the reference's), leaving one roll instead of a chunk, a
+    negation and a concatenation."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin
+def attention_bias(positions: torch.Tensor, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, L, kv_len) additive mask: 0 where cache slot <= the query's position, else -inf. Made once per
+    forward pass, it is added with the score scaling in one kernel in every layer."""
+    slots = torch.arange(kv_len, device=positions.device)
+    visible = slots[None, None, None, :] <= positions[:, None, :, None]
+    return torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, -math.inf)
 
 
 @dataclass
@@ -119,29 +126,31 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, positions, cache: KVCache, layer: int, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x, cos, sin, positions, cache: KVCache, layer: int, bias: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        # Queries and keys rotate together: one set of RoPE kernels instead of two.
+        qk = _apply_rope(torch.cat((q, k), dim=2).transpose(1, 2), cos, sin)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         cache.write(layer, positions, k, v)
-        kv_len = mask.shape[-1]
+        kv_len = bias.shape[-1]
         keys, values = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
         if n == 1:
-            out = self._decode_attention(q, keys, values, mask)
+            out = self._decode_attention(q, keys, values, bias)
         else:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
-    def _decode_attention(self, q, keys, values, mask) -> torch.Tensor:
+    def _decode_attention(self, q, keys, values, bias) -> torch.Tensor:
         """Attention of one query per row, each key/value head serving its group of query heads in one batched
         matmul: SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
-        bf16, and many kernels on CUDA). Softmax in fp32."""
+        bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32."""
         b, kv_heads = q.shape[0], keys.shape[1]
-        grouped = q.view(b, kv_heads, self.num_heads // kv_heads, self.head_dim)
-        scores = (grouped @ keys.transpose(-1, -2)) * self.head_dim**-0.5
-        probs = scores.masked_fill(~mask, -math.inf).float().softmax(-1).to(q.dtype)
+        grouped = q.reshape(b, kv_heads, self.num_heads // kv_heads, self.head_dim)
+        scores = torch.add(bias, grouped @ keys.transpose(-1, -2), alpha=self.head_dim**-0.5)
+        probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
         return (probs @ values).view(b, self.num_heads, 1, self.head_dim)
 
 
@@ -177,17 +186,17 @@ class DecoderLayer(nn.Module):
             self.audio_input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.audio_post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache, layer: int, mask) -> torch.Tensor:
+    def forward(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache, layer: int, bias) -> torch.Tensor:
         if self.fast_forward:
             if audio is True:
                 return x
-            mask = mask & ~cache.audio[:, None, None, : mask.shape[-1]]
-            out = self._text_layer(x, cos, sin, positions, cache, layer, mask)
+            bias = bias.masked_fill(cache.audio[:, None, None, : bias.shape[-1]], -math.inf)
+            out = self._text_layer(x, cos, sin, positions, cache, layer, bias)
             return out if audio is False else torch.where(audio[..., None], x, out)
         if not self.dual:
-            return self._text_layer(x, cos, sin, positions, cache, layer, mask)
+            return self._text_layer(x, cos, sin, positions, cache, layer, bias)
         h = _by_position(x, audio, self.input_layernorm, self.audio_input_layernorm)
-        x = x + self.self_attn(h, cos, sin, positions, cache, layer, mask)
+        x = x + self.self_attn(h, cos, sin, positions, cache, layer, bias)
         return x + _by_position(
             x,
             audio,
@@ -195,6 +204,6 @@ class DecoderLayer(nn.Module):
             lambda z: self.audio_mlp(self.audio_post_attention_layernorm(z)),
         )
 
-    def _text_layer(self, x, cos, sin, positions, cache, layer, mask) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, mask)
+    def _text_layer(self, x, cos, sin, positions, cache, layer, bias) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, bias)
         return x + self.mlp(self.post_attention_layernorm(x))
