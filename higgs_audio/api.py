@@ -51,11 +51,11 @@ class HiggsAudio:
 
     def __init__(
         self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096, compile: bool = False,
-        prefill_chunk: int | None = None,
+        prefill_chunk: int | None = None, prefix_cache_mb: float = 512,
     ):
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
-                                    prefill_chunk=prefill_chunk)
+                                    prefill_chunk=prefill_chunk, prefix_cache_mb=prefix_cache_mb)
         self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
         self._lock = threading.Lock()
 
@@ -72,6 +72,7 @@ class HiggsAudio:
         max_len: int = 4096,
         compile: bool = False,
         prefill_chunk: int | None = None,
+        prefix_cache_mb: float = 512,
         progress: bool = False,
     ) -> HiggsAudio:
         """Load the generation model and the audio codec (hub ids or local directories).
@@ -80,8 +81,10 @@ class HiggsAudio:
         ``quantize="int8"`` (CPU and CUDA) or ``"int4"`` stores the linear weights quantized;
         ``compile=True`` replays the decode step from CUDA graphs (CUDA only; elsewhere it is ignored);
         ``prefill_chunk=N`` prefills a request joining a running batch N positions per step, so the streams
-        already decoding pause for one chunk at a time rather than for its whole prompt; ``progress`` shows
-        a bar on standard error while quantizing at load.
+        already decoding pause for one chunk at a time rather than for its whole prompt;
+        ``prefix_cache_mb`` keeps the keys and values of past prompts, so that a request starting the same
+        way (the same voice and reference clip) prefills only what differs (0: off); ``progress`` shows a
+        bar on standard error while quantizing at load.
         """
         from higgs_audio.codec.codec import AudioCodec
 
@@ -95,6 +98,7 @@ class HiggsAudio:
             max_len=max_len,
             compile=compile,
             prefill_chunk=prefill_chunk,
+            prefix_cache_mb=prefix_cache_mb,
         )
 
     @property

@@ -26,6 +26,7 @@ from higgs_audio.cuda_graphs import CapturedSteps
 from higgs_audio.delay import add_delay_pattern
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
+from higgs_audio.prefix_cache import PrefixCache
 from higgs_audio.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class _Stream:
     request: Request
     merged: MergedInput
     prefilled: int = 0  # prompt positions already in the cache (all but the last one make it complete)
+    reused: int = 0  # of which copied from the prefix cache
     decoding: bool = False  # prefilled and loaded into its slot
     forced_audio: bool = False  # the prompt ends with <|audio_out_bos|> and its all-bos column
     text_ids: list[int] = field(default_factory=list)
@@ -152,14 +154,20 @@ class BatchDecoder:
         max_len: int = 4096,
         compile: bool = False,
         prefill_chunk: int | None = None,
+        prefix_cache_mb: float = 512,
     ):
         """``compile``: replay the decode step from CUDA graphs (CUDA only). Shapes are then kept static: every slot
         takes part in each step and attention spans whole ``KV_BUCKET`` blocks. Elsewhere it is ignored with a
         warning: torch.compile made a CPU decode step twice as slow (benchmarks/README.md).
         ``prefill_chunk``: while other streams are decoding, prefill a joining prompt this many positions
-        per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's)."""
+        per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's).
+        ``prefix_cache_mb``: memory for the keys and values of past prompts, reused by requests that start the
+        same way (the same voice); 0 turns it off."""
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
+        if prefix_cache_mb < 0:
+            raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {prefix_cache_mb}")
+        self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20))
         self.prefill_chunk = prefill_chunk
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)
@@ -249,6 +257,7 @@ class BatchDecoder:
         if p.max_audio_seconds is not None:
             stream.guard_columns = int(p.max_audio_seconds * FRAME_RATE) + k + 1
         self.streams[slot] = stream
+        stream.prefilled = stream.reused = self.prefixes.reuse(merged, n - 1, self._row(slot))
         if self.prefill_chunk is None:
             self._prefill(slot, stream, stream.prompt_len)
         return slot
@@ -265,6 +274,7 @@ class BatchDecoder:
             self.model(x, audio, torch.arange(start, end, device=dev)[None], self._row(slot), kv_len=end)
             s.prefilled = end
         if end == s.prompt_len - 1:
+            self.prefixes.store(merged, end, self._row(slot))
             self._activate(slot, s)
         return end - start
 

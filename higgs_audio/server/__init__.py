@@ -29,14 +29,14 @@ def add_serve_parser(subparsers, parents=()) -> argparse.ArgumentParser:
     return p
 
 
-def _positive(kind):
+def _number(kind, zero_ok: bool = False):
     def parse(value: str):
         try:
             number = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if not number > 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+        if not (number >= 0 if zero_ok else number > 0):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_ok else 'more than 0'}, got {value}")
         return number
 
     return parse
@@ -57,18 +57,21 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"require 'Authorization: Bearer KEY' on /v1 and /metrics (or set ${API_KEY_ENV})")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser requests from ORIGIN (repeatable; '*' for any)")
-    p.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together in one step")
-    p.add_argument("--prefill-chunk", type=_positive(int), default=128, metavar="N",
+    p.add_argument("--max-batch", type=_number(int), default=8, help="requests decoded together in one step")
+    p.add_argument("--prefill-chunk", type=_number(int), default=128, metavar="N",
                    help="prompt positions a joining request prefills per step while others decode, so their "
                         "audio keeps flowing (default 128; lower it on a CPU)")
-    p.add_argument("--max-len", type=_positive(int), default=4096, help="positions per request (prompt + generated)")
-    p.add_argument("--max-queue", type=_positive(int), default=64,
+    p.add_argument("--prefix-cache-mb", type=_number(float, zero_ok=True), default=512, metavar="MB",
+                   help="memory for past prompts' keys and values: a request in a voice used before prefills only "
+                        "what differs (default 512; 0: off)")
+    p.add_argument("--max-len", type=_number(int), default=4096, help="positions per request (prompt + generated)")
+    p.add_argument("--max-queue", type=_number(int), default=64,
                    help="waiting requests beyond which new ones get 429")
-    p.add_argument("--max-input-chars", type=_positive(int), default=4096, help="longer texts get 413")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=20.0, help="larger request bodies get 413")
-    p.add_argument("--max-new-tokens", type=_positive(int), default=2048,
+    p.add_argument("--max-input-chars", type=_number(int), default=4096, help="longer texts get 413")
+    p.add_argument("--max-upload-mb", type=_number(float), default=20.0, help="larger request bodies get 413")
+    p.add_argument("--max-new-tokens", type=_number(int), default=2048,
                    help="default and ceiling of a request's generation steps (25 audio steps = 1 s)")
-    p.add_argument("--timeout", type=_positive(float), default=300.0, help="seconds before a request is cancelled")
+    p.add_argument("--timeout", type=_number(float), default=300.0, help="seconds before a request is cancelled")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -97,7 +100,8 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      quantize=args.quantize, compile=args.compile,
                                      max_batch=args.max_batch, max_len=args.max_len,
-                                     prefill_chunk=args.prefill_chunk, progress=sys.stderr.isatty())
+                                     prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
+                                     progress=sys.stderr.isatty())
     app = create_app(api, library or VoiceLibrary(args.voices_dir), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

@@ -1,10 +1,13 @@
-"""How ``speak`` reads its voice and scene options (pure functions, no model)."""
+"""How ``speak`` reads its voice and scene options, and ``serve`` its numbers (pure functions, no model)."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 
 from higgs_audio.cli import SCENES, UsageError, _scene, _text_or_file, _voice_specs, main
+from higgs_audio.server import add_serve_arguments
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -60,3 +63,16 @@ def test_scenes_command(capsys):
     assert capsys.readouterr().out == SCENES["reading_blog"] + "\n"
     assert main(["scenes", "quiet"]) == 2
     assert capsys.readouterr().err == "higgs-audio: error: unknown scene 'quiet'; did you mean 'quiet_indoor'?\n"
+
+
+def test_serve_numbers_name_their_bounds(capsys):
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert parser.parse_args(["--prefix-cache-mb", "0"]).prefix_cache_mb == 0
+    assert parser.parse_args([]).prefix_cache_mb == 512
+    for args, message in ((["--prefix-cache-mb", "-1"], "must be 0 or more, got -1"),
+                          (["--max-batch", "0"], "must be more than 0, got 0"),
+                          (["--prefill-chunk", "x"], "'x' is not a number")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(args)
+        assert message in capsys.readouterr().err

@@ -44,7 +44,8 @@ def test_joining_prompt_is_prefilled_in_chunks_without_stalling_others(setup, mo
     """``graphs``: the static steps of the CUDA path (its all-audio step also runs for the slot being
     prefilled), here without capture."""
     model, tok, requests = setup
-    decoder = BatchDecoder(model, tok, max_batch=2, max_len=300, prefill_chunk=CHUNK)
+    # The joiner starts as "short" does: without prefix_cache_mb=0 it would copy that prefix, not prefill it.
+    decoder = BatchDecoder(model, tok, max_batch=2, max_len=300, prefill_chunk=CHUNK, prefix_cache_mb=0)
     if mode == "graphs":
         use_eager_steps(decoder)
     names = {decoder.add(requests["short"]): "short", decoder.add(requests["long"]): "long"}

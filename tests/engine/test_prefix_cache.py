@@ -1,0 +1,99 @@
+"""The prefix cache: a request that starts like an earlier one (same voice and reference clip) copies the
+keys and values of the shared prefix instead of prefilling it, and generates exactly what it would without."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from higgs_audio.checkpoint import load_model
+from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+from higgs_audio.prefix_cache import BLOCK
+from higgs_audio.text_tokenizer import TextTokenizer
+from tests.engine.test_port_generation import PROMPT
+from tests.helpers.eager_steps import use_eager_steps
+
+
+TRANSCRIPT = "A reference line, read slowly and clearly, with a short pause after every comma, by one speaker."
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_original):
+    model, _, _ = load_model(tiny_original, device="cpu", dtype="float32")
+    tok = TextTokenizer(tiny_original)
+    ref = torch.randint(0, 1024, (8, 60), generator=torch.Generator().manual_seed(9))
+
+    def request(text: str, seed: int, ref=ref) -> Request:
+        ids = tok.encode(PROMPT.replace("A reference line.", TRANSCRIPT).replace("The text to speak.", text))
+        return Request(ids, [ref], SamplingParams(temperature=0.9, seed=seed, max_new_tokens=12))
+
+    return model, tok, request
+
+
+def _generate(decoder: BatchDecoder, request: Request):
+    """Generate ``request`` alone: its columns, the positions it reused and its merged prompt."""
+    slot = decoder.add(request)
+    reused, merged = decoder.streams[slot].reused, decoder.streams[slot].merged
+    columns = []
+    while slot in decoder.streams:
+        columns += [e.column for e in decoder.step() if e.kind == "audio"]
+    return torch.stack(columns), reused, merged
+
+
+def _common_start(a, b) -> int:
+    """Positions at which two merged prompts agree, from the start."""
+    n = min(len(a.ids), len(b.ids))
+    same = (a.ids[:n] == b.ids[:n]) & (a.codes[:n] == b.codes[:n]).all(-1)
+    return int(same.int().cumprod(0).sum())
+
+
+@pytest.mark.parametrize("mode", ["eager", "graphs", "chunked"])
+def test_same_voice_reuses_the_shared_prefix_and_generates_the_same(setup, mode):
+    """``graphs``: the static steps of the CUDA path; ``chunked``: the rest prefilled by ``step``."""
+    model, tok, request = setup
+    first, second = request("One sentence.", seed=1), request("A different, longer sentence to say.", seed=2)
+    cached = BatchDecoder(model, tok, max_len=400, prefill_chunk=16 if mode == "chunked" else None)
+    if mode == "graphs":
+        use_eager_steps(cached)
+    _, reused_first, merged_first = _generate(cached, first)
+    columns, reused, merged = _generate(cached, second)
+    fresh_decoder = BatchDecoder(model, tok, max_len=400, prefix_cache_mb=0)
+    fresh, _, _ = _generate(fresh_decoder, second)
+
+    shared = _common_start(merged_first, merged)
+    assert shared > 3 * BLOCK  # the voice: system prompt, reference transcript and clip
+    assert reused_first == 0 and reused == shared // BLOCK * BLOCK
+    assert torch.equal(columns, fresh)
+    # the copied keys and values are those a prefill computes (up to float rounding: other matmul shapes)
+    n = len(merged.ids) - 1
+    for copied, computed in ((cached.cache.k, fresh_decoder.cache.k), (cached.cache.v, fresh_decoder.cache.v)):
+        torch.testing.assert_close(copied[:, 0, :, :n], computed[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_a_different_clip_reuses_only_what_comes_before_it(setup):
+    model, tok, request = setup
+    decoder = BatchDecoder(model, tok, max_len=400)
+    _generate(decoder, request("One sentence.", seed=1))
+    other = torch.randint(0, 1024, (8, 60), generator=torch.Generator().manual_seed(10))
+    clip_at = request("One sentence.", seed=1).ids.index(tok.token_id("<|AUDIO_OUT|>"))
+    assert clip_at > BLOCK
+    assert _generate(decoder, request("One sentence.", seed=1, ref=other))[1] == clip_at // BLOCK * BLOCK
+
+
+def test_budget_keeps_a_prompts_first_blocks_and_drops_the_least_recently_used(setup):
+    model, tok, request = setup
+    probe = BatchDecoder(model, tok, max_len=400)
+    _generate(probe, request("One sentence.", seed=1))
+    assert len(probe.prefixes) == 3
+    per_block = probe.prefixes.nbytes // len(probe.prefixes)
+
+    decoder = BatchDecoder(model, tok, max_len=400, prefix_cache_mb=2.5 * per_block / 2**20)
+    voice_a = request("One sentence.", seed=1)
+    _generate(decoder, voice_a)
+    assert len(decoder.prefixes) == 2 and decoder.prefixes.nbytes <= decoder.prefixes.max_bytes
+    assert _generate(decoder, voice_a)[1] == 2 * BLOCK  # its first two blocks, not its last ones
+    other = torch.randint(0, 1024, (8, 60), generator=torch.Generator().manual_seed(10))
+    _generate(decoder, request("One sentence.", seed=1, ref=other))  # shares block 0; voice_a's block 1 goes
+    assert _generate(decoder, voice_a)[1] == BLOCK
+    with pytest.raises(ValueError, match="prefix_cache_mb must be 0"):
+        BatchDecoder(model, tok, prefix_cache_mb=-1)
