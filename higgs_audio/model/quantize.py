@@ -19,6 +19,10 @@ from torch import nn
 INT4_GROUP = 128
 _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
+# Up to this many rows torch's CPU int8 kernel beats dequantising to fp32 for a dense matmul (measured on an
+# 8192 x 3072 layer, 2 AVX2 cores: 31 against 41 ms at 64 rows, even at 128); with native bf16 the dense
+# matmul wins from about 24 rows, so there the decode limit applies.
+_INT8_KERNEL_ROWS_FP32 = 96
 _CPU_ALIGN = 64  # bytes; what torch's CPU allocator guarantees
 
 
@@ -123,7 +127,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if flat.shape[0] > _DECODE_ROWS or x.is_cuda:
+        if x.is_cuda or flat.shape[0] > (_DECODE_ROWS if cpu_has_native_bf16() else _INT8_KERNEL_ROWS_FP32):
             # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
             # a CPU without native bf16. On CUDA always: torch's int8 kernel there took 155 us for one row of
             # a 3072 x 8192 layer on an H200, dequantising and a bf16 matmul 85 us (the bf16 matmul alone 21).

@@ -136,6 +136,24 @@ def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_l
         assert agree >= 0.95, (load, agree)
 
 
+@pytest.mark.parametrize("native, kernel_rows", [(True, [1, 16]), (False, [1, 16, 17, 40, 96])])
+def test_int8_uses_torch_kernel_while_it_beats_dequantising(monkeypatch, native, kernel_rows):
+    """Up to 16 rows torch's int8 kernel is used; without native bf16 (dequantising to fp32 is slow) up to 96,
+    so that a short prefill (a prompt's tail after its cached prefix) stays fast. Both paths agree."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: native)
+    calls, real = [], torch._weight_int8pack_mm
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(256, 128, generator=g), torch.randn(200, 128, generator=g)
+    layer = Int8Linear.from_float(w)
+    for rows in (1, 16, 17, 40, 96, 97, 200):
+        exact = x[:rows] @ w.t()
+        assert ((layer(x[:rows]) - exact).norm() / exact.norm()).item() < 0.01, rows
+    assert calls == kernel_rows
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the ISA caps below are x86 names")
 def test_emulated_bf16_is_detected_by_measurement():
     """With oneDNN and ATen capped to AVX2 (no bf16 instructions), the probe must find bf16 slower than fp32,
