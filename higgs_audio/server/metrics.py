@@ -131,6 +131,12 @@ class Metrics:
             "higgs_batch_size", "Streams advanced together by one batched decode step.", buckets=BATCH_BUCKETS
         )
         self.steps = Counter("higgs_decode_steps_total", "Batched decode steps run.")
+        self.prompt_positions = Counter(
+            "higgs_prompt_positions_total",
+            "Prompt positions of admitted requests, by source: prefilled, or copied from the prefix cache.",
+            ("source",),
+        )
+        self.prefix_cache_bytes = Gauge("higgs_prefix_cache_bytes", "Memory held by the prefix cache.")
         self.finished = Counter(
             "higgs_generations_total", "Generations by how they ended (stop, length, cancelled, timeout, ...).",
             ("reason",),
@@ -139,6 +145,6 @@ class Metrics:
     def render(self) -> str:
         metrics = [
             self.requests, self.latency, self.first_audio, self.audio_seconds, self.queue_depth, self.active,
-            self.batch_size, self.steps, self.finished,
+            self.batch_size, self.steps, self.prompt_positions, self.prefix_cache_bytes, self.finished,
         ]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"

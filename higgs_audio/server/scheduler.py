@@ -158,6 +158,10 @@ class Scheduler:
                 self._finish(job, "error", e)
                 continue
             self._live[job.slot] = job
+            stream = self.decoder.streams[job.slot]
+            self.metrics.prompt_positions.inc(stream.reused, source="prefix_cache")
+            self.metrics.prompt_positions.inc(stream.prompt_len - 1 - stream.reused, source="prefilled")
+        self.metrics.prefix_cache_bytes.set(self.decoder.prefixes.nbytes)
         self.metrics.active.set(len(self._live))
 
     def _step(self) -> None:

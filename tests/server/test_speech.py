@@ -156,6 +156,23 @@ def test_inline_reference_voice(server):
     assert not_base64.status_code == 400 and not_base64.json()["error"]["param"] == "reference_audio"
 
 
+def test_a_voice_used_again_is_copied_from_the_prefix_cache(server):
+    """The second request in a cloned voice prefills only what differs from the first one's prompt."""
+    clip = base64.b64encode(_sine_wav(seconds=3.0)).decode()  # 75 frames
+    body = {"response_format": "pcm", "seed": 5, "stream": False, "reference_audio": clip,
+            "reference_text": "A low hum, recorded twice, in a quiet room."}
+
+    def copied() -> float:
+        return server.metrics()['higgs_prompt_positions_total{source="prefix_cache"}']
+
+    with server.client() as c:
+        assert c.post("/v1/audio/speech", json={**body, "input": "The first sentence."}).status_code == 200
+        before = copied()
+        assert c.post("/v1/audio/speech", json={**body, "input": "Another one."}).status_code == 200
+    assert copied() - before >= 64  # the transcript's turn and most of the clip (about 100 positions)
+    assert server.metrics()["higgs_prefix_cache_bytes"] > 0
+
+
 def test_voice_library_routes(server):
     with server.client() as c:
         added = c.post("/v1/voices", data={"name": "hum", "transcript": "A low hum."},
