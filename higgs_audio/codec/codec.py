@@ -37,7 +37,7 @@ from higgs_audio.codec.config import CodecConfig
 from higgs_audio.codec.quantizer import ResidualVQ
 from higgs_audio.codec.resample import resample
 from higgs_audio.codec.semantic import Hubert, SemanticEncoder
-from higgs_audio.codec.streaming import streaming_decoder
+from higgs_audio.codec.streaming import can_stack, stack_states, streaming_decoder
 from higgs_audio.errors import AudioInputError
 
 
@@ -257,14 +257,38 @@ class StreamDecoder:
 
     def push(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
         """Add codes (num_codebooks, n); return the samples now final, a whole number of frames."""
-        chunk = self.codec._check_codes(codes)
-        if chunk.dim() != 2:
+        return StreamDecoder.push_many([self], [codes])[0]
+
+    @staticmethod
+    def push_many(decoders: Sequence[StreamDecoder], codes: Sequence[np.ndarray | torch.Tensor]) -> list[np.ndarray]:
+        """``push`` for several streams of one codec at once: ``codes[i]`` to ``decoders[i]``. Streams whose
+        states can step as one batch (past their first chunk, fed chunks of one length) are decoded in one
+        pass of the layers, the others one by one; each gets what its own ``push`` would return (up to float
+        rounding: batched convolutions may sum in another order)."""
+        if len({d.codec for d in decoders}) > 1:
+            raise ValueError("push_many takes stream decoders of one codec")
+        chunks = [d.codec._check_codes(c) for d, c in zip(decoders, codes, strict=True)]
+        if any(c.dim() != 2 for c in chunks):
             raise ValueError("a stream decoder takes one stream: codes shaped (num_codebooks, frames)")
-        if chunk.shape[1]:
-            with torch.inference_mode():
-                latent = self.codec.model.latent(chunk[None].to(self.codec.device))
-                samples = self._state.step(latent)[0, 0].float().cpu().numpy()
-            self._held = np.concatenate([self._held, samples])
+        groups: dict[tuple, list[int]] = {}
+        for i, (d, c) in enumerate(zip(decoders, chunks)):
+            if c.shape[1]:
+                key = (c.shape[1], d._state.signature()) if can_stack([d._state]) else (i,)
+                groups.setdefault(key, []).append(i)
+        out = [np.zeros(0, dtype=np.float32)] * len(decoders)
+        with torch.inference_mode():
+            for members in groups.values():
+                codec = decoders[members[0]].codec
+                latent = codec.model.latent(torch.stack([chunks[i] for i in members]).to(codec.device))
+                states = [decoders[i]._state for i in members]
+                samples = stack_states(states, latent) if len(states) > 1 else states[0].step(latent)
+                for i, row in zip(members, samples[:, 0].float().cpu().numpy()):
+                    out[i] = row
+        return [d._whole_frames(samples) for d, samples in zip(decoders, out)]
+
+    def _whole_frames(self, samples: np.ndarray) -> np.ndarray:
+        """Hold back the samples short of a whole frame; return the rest."""
+        self._held = np.concatenate([self._held, samples])
         whole = len(self._held) // self.codec.hop_length * self.codec.hop_length
         out, self._held = self._held[:whole], self._held[whole:]
         return out

@@ -5,6 +5,10 @@ the few input samples to its right have arrived. Each conv here keeps that tail 
 outputs that are final, and at the end of the stream appends the right zero padding a one-shot run would
 use; the left padding is the initial state. So the stream computes the same sums as one run over all the
 input, with no recomputation; only float rounding differs (different conv lengths).
+
+Several streams can take a step together (``stack_states``): once past their first chunk, streams fed
+chunks of one length hold states of equal shapes, which are concatenated along the batch, stepped as one
+batch and handed back, so a server decodes all its streams' chunks in one pass of the decoder's layers.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ def _empty_like(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.new_zeros(x.shape[0], channels, 0)
 
 
+def _shape(state: torch.Tensor | None) -> tuple | None:
+    return None if state is None else tuple(state.shape[1:])
+
+
 class _Pointwise:
     def __init__(self, fn: nn.Module) -> None:
         self.fn = fn
@@ -29,6 +37,15 @@ class _Pointwise:
 
     def flush(self) -> torch.Tensor | None:
         return None
+
+    def signature(self) -> tuple:
+        return ()
+
+    def stacked(self, group: list[_Pointwise]) -> _Pointwise:
+        return self
+
+    def unstack(self, group: list[_Pointwise]) -> None:
+        pass
 
 
 class _Conv:
@@ -55,6 +72,18 @@ class _Conv:
             return None
         right = self.tail.new_zeros(self.tail.shape[0], self.tail.shape[1], self.pad)
         return self.step(right)
+
+    def signature(self) -> tuple:
+        return (_shape(self.tail),)
+
+    def stacked(self, group: list[_Conv]) -> _Conv:
+        out = _Conv(self.conv)
+        out.tail = torch.cat([g.tail for g in group])
+        return out
+
+    def unstack(self, group: list[_Conv]) -> None:
+        for g, tail in zip(group, self.tail.split(1)):
+            g.tail = tail
 
 
 class _ConvTranspose:
@@ -105,6 +134,18 @@ class _ConvTranspose:
         # After the last input, the one-shot output continues for `padding` positions past inputs * stride.
         return self._full(self.last)[..., self.stride : self.stride + self.pad]
 
+    def signature(self) -> tuple:
+        return (_shape(self.last), self.skip)
+
+    def stacked(self, group: list[_ConvTranspose]) -> _ConvTranspose:
+        out = _ConvTranspose(self.conv)
+        out.last, out.skip = torch.cat([g.last for g in group]), self.skip
+        return out
+
+    def unstack(self, group: list[_ConvTranspose]) -> None:
+        for g, last in zip(group, self.last.split(1)):
+            g.last, g.skip = last, self.skip
+
 
 class _Sequence:
     def __init__(self, layers: list) -> None:
@@ -124,6 +165,16 @@ class _Sequence:
                 pieces.append(rest)
             out = torch.cat(pieces, dim=-1) if pieces else None
         return out
+
+    def signature(self) -> tuple:
+        return tuple(layer.signature() for layer in self.layers)
+
+    def stacked(self, group: list[_Sequence]) -> _Sequence:
+        return _Sequence([layer.stacked([g.layers[i] for g in group]) for i, layer in enumerate(self.layers)])
+
+    def unstack(self, group: list[_Sequence]) -> None:
+        for i, layer in enumerate(self.layers):
+            layer.unstack([g.layers[i] for g in group])
 
 
 class _Residual:
@@ -149,6 +200,20 @@ class _Residual:
         rest = self.branch.flush()
         return None if rest is None else self._add(rest)
 
+    def signature(self) -> tuple:
+        return (_shape(self.waiting), self.branch.signature())
+
+    def stacked(self, group: list[_Residual]) -> _Residual:
+        out = _Residual.__new__(_Residual)
+        out.branch = self.branch.stacked([g.branch for g in group])
+        out.waiting = torch.cat([g.waiting for g in group])
+        return out
+
+    def unstack(self, group: list[_Residual]) -> None:
+        self.branch.unstack([g.branch for g in group])
+        for g, waiting in zip(group, self.waiting.split(1)):
+            g.waiting = waiting
+
 
 def _layers(module: nn.Module) -> list:
     if isinstance(module, Snake):
@@ -170,3 +235,26 @@ def streaming_decoder(decoder: AcousticDecoder) -> _Sequence:
     for each chunk of latent frames, then ``flush() -> samples`` once at the end."""
     modules = [decoder.conv1, *decoder.block, decoder.snake1, decoder.conv2]
     return _Sequence([layer for m in modules for layer in _layers(m)])
+
+
+def can_stack(states: list[_Sequence]) -> bool:
+    """Whether these single-stream states can step as one batch: each past its first step, all alike."""
+    first = states[0].signature()
+    return _steady(first) and all(s.signature() == first for s in states[1:])
+
+
+def _steady(signature) -> bool:
+    if signature is None:
+        return False
+    if isinstance(signature, tuple):
+        return all(_steady(part) for part in signature)
+    return True
+
+
+def stack_states(states: list[_Sequence], latent: torch.Tensor) -> torch.Tensor:
+    """Step streams (``can_stack``) together on their chunks ``latent`` (one row per stream); each state
+    advances as if stepped alone. Returns the samples, one row per stream."""
+    batch = states[0].stacked(states)
+    out = batch.step(latent)
+    batch.unstack(states)
+    return out

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import higgs_audio.codec.codec as codec_module
+
 FRAMES = 53
 
 
@@ -79,3 +81,33 @@ def test_push_rejects_batches_and_bad_codes(tiny_codec):
         decoder.push(torch.zeros(2, 8, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 1024\)"):
         decoder.push(torch.full((8, 2), 1025))
+
+
+def test_streams_pushed_together_decode_as_alone_in_one_batch(tiny_codec, monkeypatch):
+    """Four streams joining at different times, with irregular first chunks, then 10-frame chunks: those whose
+    states match step as one batch, and each stream still gets its own one-shot decode."""
+    batches = []
+    real = codec_module.stack_states
+    monkeypatch.setattr(codec_module, "stack_states", lambda states, latent: batches.append(len(states))
+                        or real(states, latent))
+    g = torch.Generator().manual_seed(3)
+    streams = [torch.randint(0, 1024, (8, n), generator=g) for n in (47, 53, 30, 41)]
+    plans = [[7, 10, 10, 10, 10], [3, 10, 10, 10, 10, 10], [0, 0, 10, 10, 10], [0, 1, 10, 10, 10, 10]]
+    decoders = [tiny_codec.stream_decoder() for _ in streams]
+    pieces = [[] for _ in streams]
+    at = [0] * len(streams)
+    for step in range(max(map(len, plans))):
+        chunks = []
+        for i, plan in enumerate(plans):
+            size = plan[step] if step < len(plan) else 0
+            chunks.append(streams[i][:, at[i] : at[i] + size])
+            at[i] += size
+        for i, wave in enumerate(codec_module.StreamDecoder.push_many(decoders, chunks)):
+            pieces[i].append(wave)
+    assert at == [s.shape[1] for s in streams]
+    assert batches and max(batches) == 4  # from the fourth step every stream stepped in one batch
+    for i, (decoder, codes) in enumerate(zip(decoders, streams)):
+        streamed = np.concatenate([*pieces[i], decoder.flush()])
+        one_shot = tiny_codec.decode(codes)
+        assert streamed.shape == one_shot.shape
+        assert np.abs(streamed - one_shot).max() <= 1e-4 * np.abs(one_shot).max(), i
