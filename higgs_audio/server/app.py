@@ -23,6 +23,7 @@ from higgs_audio.server.chat import chat_completion
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.middleware import BodyLimit, RequestLog
+from higgs_audio.server.pipeline import CodecBatcher
 from higgs_audio.server.scheduler import Scheduler
 from higgs_audio.server.schemas import ChatRequest, GenerationRequest, SpeechRequest
 from higgs_audio.server.service import Service, Settings, check_chars, sampling
@@ -35,7 +36,7 @@ WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> FastAPI:
     metrics = Metrics()
     scheduler = Scheduler(api, metrics, max_queue=settings.max_queue, timeout_s=settings.timeout_s)
-    service = Service(api, voices, settings, metrics, scheduler)
+    service = Service(api, voices, settings, metrics, scheduler, CodecBatcher(api.codec, metrics))
 
     app = FastAPI(
         title="higgs-audio",

@@ -93,7 +93,7 @@ async def chat_completion(service: Service, request: Request, body: ChatRequest)
         return api.request(messages=messages, force_audio=want_audio, **params)
 
     job = await submit(service, request, build)
-    audio = JobAudio(job, api.codec, chunk_frames=settings.chunk_frames)
+    audio = JobAudio(job, service.codec, chunk_frames=settings.chunk_frames)
     created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     audio_id = f"audio-{uuid.uuid4().hex}"
     route = request.url.path

@@ -137,6 +137,9 @@ class Metrics:
             ("source",),
         )
         self.prefix_cache_bytes = Gauge("higgs_prefix_cache_bytes", "Memory held by the prefix cache.")
+        self.codec_batch = Histogram(
+            "higgs_codec_batch_size", "Streams' audio chunks decoded by one streaming-codec call.", buckets=BATCH_BUCKETS
+        )
         self.finished = Counter(
             "higgs_generations_total", "Generations by how they ended (stop, length, cancelled, timeout, ...).",
             ("reason",),
@@ -145,6 +148,7 @@ class Metrics:
     def render(self) -> str:
         metrics = [
             self.requests, self.latency, self.first_audio, self.audio_seconds, self.queue_depth, self.active,
-            self.batch_size, self.steps, self.prompt_positions, self.prefix_cache_bytes, self.finished,
+            self.batch_size, self.steps, self.prompt_positions, self.prefix_cache_bytes, self.codec_batch,
+            self.finished,
         ]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"

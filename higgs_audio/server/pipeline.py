@@ -1,9 +1,10 @@
 """From a scheduler job to what a response sends: decoded audio chunks, text deltas, the final result.
 
 Decoding runs in worker threads (the codec's ``stream_decoder``), so the scheduler thread only steps the
-model. ``stream`` yields the first chunk as soon as the first frames decode and then every
-``chunk_frames`` frames; ``collect`` decodes the whole utterance in one call. The two agree sample for
-sample up to float rounding, because the stream decoder waits for each frame's right context.
+model; ``CodecBatcher`` decodes the chunks that streams hand in meanwhile in one batch. ``stream`` yields
+the first chunk as soon as the first frames decode and then every ``chunk_frames`` frames; ``collect``
+decodes the whole utterance in one call. The two agree sample for sample up to float rounding, because the
+stream decoder waits for each frame's right context.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as HTTPRequest
 
+from higgs_audio.codec import AudioCodec, StreamDecoder
 from higgs_audio.server.encoding import Tempo
 from higgs_audio.server.errors import APIError
+from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job
 
 DISCONNECT_POLL_S = 0.25
@@ -38,10 +41,50 @@ def _failure(error: BaseException) -> APIError:
     return APIError(500, "generation failed; see the server log", type="server_error")
 
 
+class CodecBatcher:
+    """Streaming decode for every stream of a server: chunks handed in while a decode runs wait for the next
+    one, which takes them all together (``StreamDecoder.push_many``: one pass of the codec's layers for the
+    streams whose states allow it, rather than one pass each; on a GPU each pass is launch-bound)."""
+
+    def __init__(self, codec: AudioCodec, metrics: Metrics | None = None):
+        self.codec, self.metrics = codec, metrics
+        self._waiting: list[tuple[StreamDecoder, torch.Tensor, asyncio.Future]] = []
+        self._running = False
+
+    async def push(self, decoder: StreamDecoder, codes: torch.Tensor) -> np.ndarray:
+        """``decoder.push(codes)``, decoded together with the other streams' chunks."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((decoder, codes, done))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                if self.metrics is not None:
+                    self.metrics.codec_batch.observe(len(batch))
+                try:
+                    waves = await run_in_threadpool(StreamDecoder.push_many, [d for d, _, _ in batch],
+                                                    [c for _, c, _ in batch])
+                except Exception as e:  # noqa: BLE001 - handed to every waiting stream
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(e)
+                    continue
+                for (*_, done), wave in zip(batch, waves):
+                    if not done.done():  # its client went away meanwhile
+                        done.set_result(wave)
+        finally:
+            self._running = False
+
+
 class JobAudio:
     """Consumes one job. Create it, then either iterate ``stream()`` or await ``collect()``, once."""
 
-    def __init__(self, job: Job, codec, *, speed: float = 1.0, chunk_frames: int = 10):
+    def __init__(self, job: Job, codec: CodecBatcher, *, speed: float = 1.0, chunk_frames: int = 10):
         self.job, self.codec, self.speed, self.chunk_frames = job, codec, speed, chunk_frames
         self.outcome = Outcome()
         self._first = None  # an item read ahead by ``started``
@@ -91,8 +134,8 @@ class JobAudio:
 
     async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
         """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
-        decoder = self.codec.stream_decoder()
-        tempo = Tempo(self.speed, self.codec.sample_rate) if self.speed != 1.0 else None
+        decoder = self.codec.codec.stream_decoder()
+        tempo = Tempo(self.speed, self.codec.codec.sample_rate) if self.speed != 1.0 else None
         frames: list[torch.Tensor] = []
         sent_audio = False
         try:
@@ -103,7 +146,7 @@ class JobAudio:
                 end = any(kind == "done" for kind, _ in batch)
                 wave = np.zeros(0, dtype=np.float32)
                 if frames and (not sent_audio or len(frames) >= self.chunk_frames or end):
-                    wave = await run_in_threadpool(decoder.push, torch.stack(frames, dim=1))
+                    wave = await self.codec.push(decoder, torch.stack(frames, dim=1))
                     frames = []
                 if end:
                     wave = np.concatenate([wave, await run_in_threadpool(decoder.flush)])

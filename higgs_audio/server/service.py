@@ -15,7 +15,7 @@ from higgs_audio.engine import Request as EngineRequest
 from higgs_audio.prompt import VoiceProfile
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
-from higgs_audio.server.pipeline import JobAudio
+from higgs_audio.server.pipeline import CodecBatcher, JobAudio
 from higgs_audio.server.scheduler import Job, QueueFull, Scheduler
 from higgs_audio.server.schemas import SamplingOptions
 from higgs_audio.voices import VoiceLibrary
@@ -45,6 +45,7 @@ class Service:
     settings: Settings
     metrics: Metrics
     scheduler: Scheduler
+    codec: CodecBatcher  # the streaming decode of every response
 
 
 def check_chars(text: str, settings: Settings, param: str) -> None:

@@ -54,7 +54,7 @@ def profile_voice(service: Service, profile: str | None):
 
 async def audio_response(service: Service, request: Request, body: AudioOptions, build) -> Response:
     job = await submit(service, request, build)
-    audio = JobAudio(job, service.api.codec, speed=body.speed, chunk_frames=service.settings.chunk_frames)
+    audio = JobAudio(job, service.codec, speed=body.speed, chunk_frames=service.settings.chunk_frames)
     rate, fmt, route = service.api.sample_rate, body.response_format, request.url.path
     if not body.stream and body.stream_format == "audio":
         result = await audio.collect(request)

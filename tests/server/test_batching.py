@@ -67,3 +67,26 @@ def test_a_new_request_joins_a_running_batch(server):
     assert _batched_steps(after) > _batched_steps(before)
     # Two 40-step requests that overlap take fewer than 80 steps in all.
     assert after["higgs_decode_steps_total"] - before["higgs_decode_steps_total"] < 80
+
+
+def test_concurrent_streams_share_codec_decodes(server):
+    """Four streamed responses at once: their audio chunks are decoded in shared codec calls, and each equals
+    the same request's whole-file response."""
+    def streamed(i: int) -> np.ndarray:
+        body = {"input": f"Streamed request {i}.", "response_format": "pcm", "seed": 40 + i, "temperature": 0.0}
+        with server.client() as c:
+            r = c.post("/v1/audio/speech", json=body)
+            whole = c.post("/v1/audio/speech", json={**body, "stream": False})
+        assert r.status_code == whole.status_code == 200
+        return decode(r.content, "pcm")[0], decode(whole.content, "pcm")[0]
+
+    def shared(metrics: dict[str, float]) -> float:
+        return metrics["higgs_codec_batch_size_count"] - metrics['higgs_codec_batch_size_bucket{le="1"}']
+
+    before = shared(server.metrics())
+    with ThreadPoolExecutor(4) as pool:
+        pairs = list(pool.map(streamed, range(4)))
+    assert shared(server.metrics()) > before, "no codec call decoded more than one stream's chunk"
+    for stream, whole in pairs:
+        equal, total = _equal_frames(stream, whole)
+        assert total > 0 and equal == total
