@@ -8,7 +8,8 @@ written to a temporary directory; both implementations load them and encode / de
 
 Reported: real-time factor (processing seconds per second of audio; below 1 is faster than real time) for
 encode and decode, the best of ``--repeats`` runs after one warm-up, and port / ours ratios (above 1: we are
-faster). Also our streaming decoder fed 10-frame chunks. Runs of the five are interleaved.
+faster). Also our streaming decoder fed 10-frame chunks, and ``--streams`` streams decoded chunk by chunk
+one by one or together (``StreamDecoder.push_many``, as the server does). Runs are interleaved.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from higgs_audio.codec import AudioCodec  # noqa: E402
+from higgs_audio.codec import AudioCodec, StreamDecoder  # noqa: E402
 from tests.helpers.tiny_codec import FULL, load_port, write_checkpoints  # noqa: E402
 
 
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--streams", type=int, default=8, help="streams for the batched streaming decode")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,8 +88,23 @@ def main() -> None:
             stream.push(codes[:, start : start + 10])
         stream.flush()
 
-    ours_enc, port_enc, ours_dec, port_dec, stream = best_times(
-        [lambda: ours.encode(wave, rate), port_encode, lambda: ours.decode(codes), port_decode, ours_stream],
+    def many_streams(together: bool) -> None:
+        """``--streams`` streams of the clip's codes in 10-frame chunks: the server's streaming decode, with
+        each chunk step decoded in one ``push_many`` call (``together``) or one ``push`` per stream."""
+        streams = [ours.stream_decoder() for _ in range(args.streams)]
+        for start in range(0, codes.shape[1], 10):
+            chunk = codes[:, start : start + 10]
+            if together:
+                StreamDecoder.push_many(streams, [chunk] * len(streams))
+            else:
+                for stream in streams:
+                    stream.push(chunk)
+        for stream in streams:
+            stream.flush()
+
+    ours_enc, port_enc, ours_dec, port_dec, stream, apart, together = best_times(
+        [lambda: ours.encode(wave, rate), port_encode, lambda: ours.decode(codes), port_decode, ours_stream,
+         lambda: many_streams(False), lambda: many_streams(True)],
         args.repeats, device,
     )
     timings = {"encode": (ours_enc, port_enc), "decode": (ours_dec, port_dec)}
@@ -99,6 +116,8 @@ def main() -> None:
         print(f"{name:8}{ours_s / duration:10.4f}{port_s / duration:10.4f}{port_s / ours_s:10.2f}x")
     print(f"streaming decode, 10-frame chunks (lookahead {ours.decoder_lookahead_frames} frames): "
           f"RTF {stream / duration:.4f}")
+    print(f"{args.streams} streams, 10-frame chunks: RTF per stream {apart / duration / args.streams:.4f} one by one, "
+          f"{together / duration / args.streams:.4f} together (x{apart / together:.2f})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # The prepared GPU check (issue #7), one device run of under 10 minutes on an H100/H200: the CUDA tests
 # (the CUDA-graph decode step gives the eager step's streams; bf16, int8 and int4 agree with fp32), then the
 # generation benchmark (CUDA graphs on and off, int8, int4, the transformers port) and the codec benchmark,
-# each with the port in the same run. Results land in $OUT (or ./gpu-results).
+# each with the port in the same run (the codec also decodes 16 streams one by one and batched). Results land
+# in $OUT (or ./gpu-results).
 #
 # The machine has no network: the packages it may lack (soundfile, soxr; llama-models for the tests' text
 # tokenizer; cffi and pycparser for soundfile) travel as wheels in .whl/ when present (see benchmarks/README.md).
@@ -20,4 +21,4 @@ timeout 120 python3 -m pytest -q -s -p no:cacheprovider -k cuda \
     tests/engine/test_port_generation.py tests/model/test_quantize.py 2>&1 | tee "$out/tests.txt"
 timeout 280 python3 benchmarks/generate.py --device cuda --compile --configs bf16,bf16-eager,int8,int4 \
     --streams 1,16 --frames 150 --cache-dir /tmp/bench 2>&1 | tee "$out/generate.txt"
-timeout 70 python3 benchmarks/codec.py --device cuda --seconds 30 --repeats 3 2>&1 | tee "$out/codec.txt"
+timeout 90 python3 benchmarks/codec.py --device cuda --seconds 10 --repeats 3 --streams 16 2>&1 | tee "$out/codec.txt"
