@@ -37,7 +37,7 @@ from higgs_audio.codec.config import CodecConfig
 from higgs_audio.codec.quantizer import ResidualVQ
 from higgs_audio.codec.resample import resample
 from higgs_audio.codec.semantic import Hubert, SemanticEncoder
-from higgs_audio.codec.streaming import can_stack, stack_states, streaming_decoder
+from higgs_audio.codec.streaming import batch_key, step_together, streaming_decoder
 from higgs_audio.errors import AudioInputError
 
 
@@ -273,15 +273,15 @@ class StreamDecoder:
         groups: dict[tuple, list[int]] = {}
         for i, (d, c) in enumerate(zip(decoders, chunks)):
             if c.shape[1]:
-                key = (c.shape[1], d._state.signature()) if can_stack([d._state]) else (i,)
-                groups.setdefault(key, []).append(i)
+                key = batch_key(d._state)
+                groups.setdefault((i,) if key is None else (c.shape[1], key), []).append(i)
         out = [np.zeros(0, dtype=np.float32)] * len(decoders)
         with torch.inference_mode():
             for members in groups.values():
                 codec = decoders[members[0]].codec
                 latent = codec.model.latent(torch.stack([chunks[i] for i in members]).to(codec.device))
                 states = [decoders[i]._state for i in members]
-                samples = stack_states(states, latent) if len(states) > 1 else states[0].step(latent)
+                samples = step_together(states, latent) if len(states) > 1 else states[0].step(latent)
                 for i, row in zip(members, samples[:, 0].float().cpu().numpy()):
                     out[i] = row
         return [d._whole_frames(samples) for d, samples in zip(decoders, out)]

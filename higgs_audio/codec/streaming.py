@@ -6,7 +6,7 @@ outputs that are final, and at the end of the stream appends the right zero padd
 use; the left padding is the initial state. So the stream computes the same sums as one run over all the
 input, with no recomputation; only float rounding differs (different conv lengths).
 
-Several streams can take a step together (``stack_states``): once past their first chunk, streams fed
+Several streams can take a step together (``step_together``): once past their first chunk, streams fed
 chunks of one length hold states of equal shapes, which are concatenated along the batch, stepped as one
 batch and handed back, so a server decodes all its streams' chunks in one pass of the decoder's layers.
 """
@@ -180,11 +180,14 @@ class _Sequence:
 class _Residual:
     """x + branch(x): the skip input waits for the branch, which lags by its conv's padding."""
 
-    def __init__(self, unit: ResidualUnit) -> None:
-        self.branch = _Sequence(
-            [_Pointwise(unit.snake1), _Conv(unit.conv1), _Pointwise(unit.snake2), _Conv(unit.conv2)]
-        )
+    def __init__(self, branch: _Sequence) -> None:
+        self.branch = branch
         self.waiting: torch.Tensor | None = None
+
+    @staticmethod
+    def of(unit: ResidualUnit) -> _Residual:
+        return _Residual(_Sequence([_Pointwise(unit.snake1), _Conv(unit.conv1), _Pointwise(unit.snake2),
+                                    _Conv(unit.conv2)]))
 
     def _add(self, y: torch.Tensor) -> torch.Tensor:
         n = y.shape[-1]
@@ -204,8 +207,7 @@ class _Residual:
         return (_shape(self.waiting), self.branch.signature())
 
     def stacked(self, group: list[_Residual]) -> _Residual:
-        out = _Residual.__new__(_Residual)
-        out.branch = self.branch.stacked([g.branch for g in group])
+        out = _Residual(self.branch.stacked([g.branch for g in group]))
         out.waiting = torch.cat([g.waiting for g in group])
         return out
 
@@ -223,10 +225,10 @@ def _layers(module: nn.Module) -> list:
             raise ValueError("streaming supports stride-1 convs with symmetric 'same' padding")
         return [_Conv(module)]
     if isinstance(module, ResidualUnit):
-        return [_Residual(module)]
+        return [_Residual.of(module)]
     if isinstance(module, DecoderBlock):
         return [_Pointwise(module.snake1), _ConvTranspose(module.conv_t1),
-                *(_Residual(u) for u in (module.res_unit1, module.res_unit2, module.res_unit3))]
+                *(_Residual.of(u) for u in (module.res_unit1, module.res_unit2, module.res_unit3))]
     raise TypeError(f"no streaming form for {type(module).__name__}")
 
 
@@ -237,23 +239,22 @@ def streaming_decoder(decoder: AcousticDecoder) -> _Sequence:
     return _Sequence([layer for m in modules for layer in _layers(m)])
 
 
-def can_stack(states: list[_Sequence]) -> bool:
-    """Whether these single-stream states can step as one batch: each past its first step, all alike."""
-    first = states[0].signature()
-    return _steady(first) and all(s.signature() == first for s in states[1:])
+def batch_key(state: _Sequence) -> tuple | None:
+    """Single-stream states with equal keys can step as one batch (``step_together``); None for a state
+    that cannot yet (before its first step)."""
+    signature = state.signature()
+    return signature if _complete(signature) else None
 
 
-def _steady(signature) -> bool:
-    if signature is None:
-        return False
+def _complete(signature) -> bool:
     if isinstance(signature, tuple):
-        return all(_steady(part) for part in signature)
-    return True
+        return all(_complete(part) for part in signature)
+    return signature is not None
 
 
-def stack_states(states: list[_Sequence], latent: torch.Tensor) -> torch.Tensor:
-    """Step streams (``can_stack``) together on their chunks ``latent`` (one row per stream); each state
-    advances as if stepped alone. Returns the samples, one row per stream."""
+def step_together(states: list[_Sequence], latent: torch.Tensor) -> torch.Tensor:
+    """Step streams of one ``batch_key`` together on their chunks ``latent`` (one row per stream); each
+    state advances as if stepped alone. Returns the samples, one row per stream."""
     batch = states[0].stacked(states)
     out = batch.step(latent)
     batch.unstack(states)

@@ -49,15 +49,14 @@ class CodecBatcher:
     def __init__(self, codec: AudioCodec, metrics: Metrics | None = None):
         self.codec, self.metrics = codec, metrics
         self._waiting: list[tuple[StreamDecoder, torch.Tensor, asyncio.Future]] = []
-        self._running = False
+        self._drainer: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
 
     async def push(self, decoder: StreamDecoder, codes: torch.Tensor) -> np.ndarray:
         """``decoder.push(codes)``, decoded together with the other streams' chunks."""
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((decoder, codes, done))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return await done
 
     async def _drain(self) -> None:
@@ -78,7 +77,7 @@ class CodecBatcher:
                     if not done.done():  # its client went away meanwhile
                         done.set_result(wave)
         finally:
-            self._running = False
+            self._drainer = None
 
 
 class JobAudio:

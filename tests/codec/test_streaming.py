@@ -87,8 +87,8 @@ def test_streams_pushed_together_decode_as_alone_in_one_batch(tiny_codec, monkey
     """Four streams joining at different times, with irregular first chunks, then 10-frame chunks: those whose
     states match step as one batch, and each stream still gets its own one-shot decode."""
     batches = []
-    real = codec_module.stack_states
-    monkeypatch.setattr(codec_module, "stack_states", lambda states, latent: batches.append(len(states))
+    real = codec_module.step_together
+    monkeypatch.setattr(codec_module, "step_together", lambda states, latent: batches.append(len(states))
                         or real(states, latent))
     g = torch.Generator().manual_seed(3)
     streams = [torch.randint(0, 1024, (8, n), generator=g) for n in (47, 53, 30, 41)]

@@ -52,4 +52,4 @@ def test_a_failed_decode_reaches_every_waiting_stream(codec, monkeypatch):
         return await asyncio.gather(*pushes, return_exceptions=True)
 
     assert all(isinstance(r, ZeroDivisionError) for r in asyncio.run(both()))
-    assert not batcher._running  # the next push starts a new drain
+    assert batcher._drainer is None  # the next push starts a new drain
