@@ -10,6 +10,7 @@ positions. Blocks are copies of KV cache rows; the least recently used go when `
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from higgs_audio.model.higgs import MergedInput
 from higgs_audio.model.transformer import KVCache
 
 BLOCK = 32
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,6 +90,12 @@ class PrefixCache:
             if self.nbytes + size > self.max_bytes:
                 return
             span = slice(i * BLOCK, (i + 1) * BLOCK)
-            self._blocks[digest] = _Block(row.k[:, 0, :, span].clone(), row.v[:, 0, :, span].clone(),
-                                          row.audio[0, span].clone())
+            try:
+                block = _Block(row.k[:, 0, :, span].clone(), row.v[:, 0, :, span].clone(), row.audio[0, span].clone())
+            except torch.OutOfMemoryError:
+                # The device is fuller than the budget assumed: keep what is stored, never fail a request.
+                log.warning("out of memory for the prefix cache; it keeps %d MB from now on", self.nbytes >> 20)
+                self.max_bytes = self.nbytes
+                return
+            self._blocks[digest] = block
             self.nbytes += size

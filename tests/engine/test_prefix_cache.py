@@ -8,6 +8,7 @@ import torch
 
 from higgs_audio.checkpoint import load_model
 from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+from higgs_audio import prefix_cache
 from higgs_audio.prefix_cache import BLOCK
 from higgs_audio.text_tokenizer import TextTokenizer
 from tests.engine.test_port_generation import PROMPT
@@ -97,3 +98,21 @@ def test_budget_keeps_a_prompts_first_blocks_and_drops_the_least_recently_used(s
     assert _generate(decoder, voice_a)[1] == BLOCK
     with pytest.raises(ValueError, match="prefix_cache_mb must be 0"):
         BatchDecoder(model, tok, prefix_cache_mb=-1)
+
+
+def test_out_of_memory_while_storing_stops_storing_and_serves_the_request(setup, monkeypatch, caplog):
+    model, tok, request = setup
+    decoder = BatchDecoder(model, tok, max_len=400)
+    real_block, made = prefix_cache._Block, []
+
+    def block(*tensors):
+        made.append(1)
+        if len(made) == 2:  # the device has no room for the second block's copies
+            raise torch.OutOfMemoryError("no room")
+        return real_block(*tensors)
+
+    monkeypatch.setattr(prefix_cache, "_Block", block)
+    columns, _, _ = _generate(decoder, request("One sentence.", seed=1))
+    assert len(columns) == 12 and "out of memory for the prefix cache" in caplog.text
+    assert len(decoder.prefixes) == 1 and decoder.prefixes.max_bytes == decoder.prefixes.nbytes
+    assert _generate(decoder, request("One sentence.", seed=1))[1] == BLOCK
