@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL, load_model
+from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL, fingerprint, load_model
 from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request, SamplingParams
 from higgs_audio.errors import AudioInputError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages
@@ -51,11 +51,12 @@ class HiggsAudio:
 
     def __init__(
         self, model, tokenizer: TextTokenizer, codec, *, max_batch: int = 1, max_len: int = 4096, compile: bool = False,
-        prefill_chunk: int | None = None, prefix_cache_mb: float = 512,
+        prefill_chunk: int | None = None, prefix_cache_mb: float = 512, prefix_cache_dir: str | Path | None = None,
     ):
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
-                                    prefill_chunk=prefill_chunk, prefix_cache_mb=prefix_cache_mb)
+                                    prefill_chunk=prefill_chunk, prefix_cache_mb=prefix_cache_mb,
+                                    prefix_cache_dir=prefix_cache_dir)
         self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
         self._lock = threading.Lock()
 
@@ -73,6 +74,7 @@ class HiggsAudio:
         compile: bool = False,
         prefill_chunk: int | None = None,
         prefix_cache_mb: float = 512,
+        prefix_cache_dir: str | Path | None = None,
         progress: bool = False,
     ) -> HiggsAudio:
         """Load the generation model and the audio codec (hub ids or local directories).
@@ -83,13 +85,18 @@ class HiggsAudio:
         ``prefill_chunk=N`` prefills a request joining a running batch N positions per step, so the streams
         already decoding pause for one chunk at a time rather than for its whole prompt;
         ``prefix_cache_mb`` keeps the keys and values of past prompts, so that a request starting the same
-        way (the same voice and reference clip) prefills only what differs (0: off); ``progress`` shows a
-        bar on standard error while quantizing at load.
+        way (the same voice and reference clip) prefills only what differs (0: off); ``prefix_cache_dir``
+        also keeps them on disk there (in a subfolder per checkpoint and settings), so that a later process
+        starts a known voice without prefilling it; ``progress`` shows a bar on standard error while
+        quantizing at load.
         """
         from higgs_audio.codec.codec import AudioCodec
 
         net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize, progress=progress)
         device = next(net.parameters()).device
+        if prefix_cache_dir is not None:  # keys and values depend on the weights, the dtypes and the device kind
+            options = (str(net.compute_dtype), str(next(net.parameters()).dtype), quantize, device.type)
+            prefix_cache_dir = Path(prefix_cache_dir).expanduser() / fingerprint(directory, *options)
         return cls(
             net,
             TextTokenizer(directory),
@@ -99,6 +106,7 @@ class HiggsAudio:
             compile=compile,
             prefill_chunk=prefill_chunk,
             prefix_cache_mb=prefix_cache_mb,
+            prefix_cache_dir=prefix_cache_dir,
         )
 
     @property

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from higgs_audio.audio import FORMATS
 from higgs_audio.errors import AudioInputError, HiggsAudioError
-from higgs_audio.voices import VOICES_ENV, Voice, VoiceLibrary, did_you_mean, sidecar_transcript
+from higgs_audio.voices import (
+    VOICES_ENV,
+    Voice,
+    VoiceLibrary,
+    default_prefix_dir,
+    did_you_mean,
+    sidecar_transcript,
+)
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # = checkpoint.DEFAULT_MODEL, without importing torch
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
@@ -233,6 +240,7 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
     started = time.perf_counter()
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      quantize=args.quantize, max_len=args.max_len,
+                                     prefix_cache_dir=default_prefix_dir(),
                                      progress=sys.stderr.isatty() and not args.quiet)
     voices = _encode_voices(plan, library, api.codec)
     dump, handle = _prompt_dumper(args.dump_prompts)

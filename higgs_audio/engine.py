@@ -16,7 +16,9 @@ appended before prefill, which saves the AUDIO_INIT forward pass.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -155,6 +157,7 @@ class BatchDecoder:
         compile: bool = False,
         prefill_chunk: int | None = None,
         prefix_cache_mb: float = 512,
+        prefix_cache_dir: str | os.PathLike | None = None,
     ):
         """``compile``: replay the decode step from CUDA graphs (CUDA only). Shapes are then kept static: every slot
         takes part in each step and attention spans whole ``KV_BUCKET`` blocks. Elsewhere it is ignored with a
@@ -162,12 +165,14 @@ class BatchDecoder:
         ``prefill_chunk``: while other streams are decoding, prefill a joining prompt this many positions
         per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's).
         ``prefix_cache_mb``: memory for the keys and values of past prompts, reused by requests that start the
-        same way (the same voice); 0 turns it off."""
+        same way (the same voice); 0 turns it off. ``prefix_cache_dir``: also keep them in this folder, which
+        must belong to this model and compute dtype, for later processes."""
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {prefix_cache_mb}")
-        self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20))
+        directory = Path(prefix_cache_dir).expanduser() if prefix_cache_dir is not None and prefix_cache_mb else None
+        self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20), directory)
         self.prefill_chunk = prefill_chunk
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
         self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)

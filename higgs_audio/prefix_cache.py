@@ -5,21 +5,28 @@ Requests in one voice share a long prefix (system prompt, reference transcript, 
 into blocks of ``BLOCK`` positions; a full block is named by a digest of everything up to its end (text ids,
 audio codes, which positions are audio), so it is found only after the very same prefix, at the same
 positions. Blocks are copies of KV cache rows; the least recently used go when ``max_bytes`` is exceeded.
+They can also be kept on disk, for the next process that loads the same model (the command line, run once
+per sentence, then starts a known voice without prefilling it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 
+from higgs_audio.files import atomic_write
 from higgs_audio.model.higgs import MergedInput
 from higgs_audio.model.transformer import KVCache
 
 BLOCK = 32
+DISK_MAX_BYTES = 2 << 30
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +56,13 @@ def _digests(merged: MergedInput, end: int) -> list[bytes]:
 
 
 class PrefixCache:
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
+    """``max_bytes`` of blocks in memory; with ``directory``, every stored block is also written there (one
+    safetensors file per block, at most ``disk_max_bytes``, least recently used removed first) and blocks
+    missing from memory are read back from it, so a later process with the same model starts warm. The
+    directory must belong to one model and compute dtype (``checkpoint.fingerprint`` names one)."""
+
+    def __init__(self, max_bytes: int, directory: Path | None = None, disk_max_bytes: int = DISK_MAX_BYTES):
+        self.max_bytes, self.directory, self.disk_max_bytes = max_bytes, directory, disk_max_bytes
         self.nbytes = 0
         self._blocks: OrderedDict[bytes, _Block] = OrderedDict()  # least recently used first
 
@@ -60,12 +72,19 @@ class PrefixCache:
     def reuse(self, merged: MergedInput, end: int, row: KVCache) -> int:
         """Copy the longest run of stored blocks that starts ``merged``, within positions ``[0, end)``, into
         the one-stream cache ``row``. Returns the number of positions filled (a multiple of ``BLOCK``)."""
-        filled = 0
+        filled, mine = 0, set()
         for digest in _digests(merged, end):
+            mine.add(digest)
             block = self._blocks.get(digest)
-            if block is None:
-                break
-            self._blocks.move_to_end(digest)
+            if block is not None:
+                self._blocks.move_to_end(digest)
+            else:
+                block = self._read(digest, row)
+                if block is None:
+                    break
+                if self._make_room(block.nbytes, mine):
+                    self._blocks[digest] = block
+                    self.nbytes += block.nbytes
             span = slice(filled, filled + BLOCK)
             row.k[:, 0, :, span] = block.k
             row.v[:, 0, :, span] = block.v
@@ -85,9 +104,7 @@ class PrefixCache:
             if digest in self._blocks:
                 self._blocks.move_to_end(digest)
                 continue
-            while self.nbytes + size > self.max_bytes and self._blocks and next(iter(self._blocks)) not in mine:
-                self.nbytes -= self._blocks.popitem(last=False)[1].nbytes
-            if self.nbytes + size > self.max_bytes:
+            if not self._make_room(size, mine):
                 return
             span = slice(i * BLOCK, (i + 1) * BLOCK)
             try:
@@ -99,3 +116,50 @@ class PrefixCache:
                 return
             self._blocks[digest] = block
             self.nbytes += size
+            self._write(digest, block)
+
+    def _make_room(self, size: int, keep: set[bytes]) -> bool:
+        """Drop least recently used blocks, except those in ``keep``, until ``size`` more bytes fit."""
+        while self.nbytes + size > self.max_bytes and self._blocks and next(iter(self._blocks)) not in keep:
+            self.nbytes -= self._blocks.popitem(last=False)[1].nbytes
+        return self.nbytes + size <= self.max_bytes
+
+    def _path(self, digest: bytes) -> Path:
+        return self.directory / f"{digest.hex()}.safetensors"
+
+    def _read(self, digest: bytes, row: KVCache) -> _Block | None:
+        """The block stored on disk under ``digest``, if it is there and has the shapes ``row`` needs; a file
+        that cannot be read or does not fit is removed."""
+        if self.directory is None or not self._path(digest).is_file():
+            return None
+        path = self._path(digest)
+        want = {"k": (row.k[:, 0, :, :BLOCK].shape, row.k.dtype), "v": (row.v[:, 0, :, :BLOCK].shape, row.v.dtype),
+                "audio": ((BLOCK,), torch.bool)}
+        try:
+            tensors = load_file(str(path), device=str(row.k.device))
+            if {k: (t.shape, t.dtype) for k, t in tensors.items()} != want:
+                raise ValueError("shapes or dtypes differ")
+            os.utime(path)  # recently used: removed last
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign file is only a cache miss
+            log.warning("removing unusable prefix cache file %s: %s", path, e)
+            path.unlink(missing_ok=True)
+            return None
+        return _Block(tensors["k"], tensors["v"], tensors["audio"])
+
+    def _write(self, digest: bytes, block: _Block) -> None:
+        """Write ``block`` to the directory (if any), then keep the directory within ``disk_max_bytes``."""
+        if self.directory is None or self._path(digest).is_file():
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tensors = {"k": block.k, "v": block.v, "audio": block.audio}
+            atomic_write(self._path(digest), save({k: t.contiguous().cpu() for k, t in tensors.items()}))
+            files = sorted(self.directory.glob("*.safetensors"), key=lambda f: f.stat().st_mtime_ns)
+            total = sum(f.stat().st_size for f in files)
+            for old in files:
+                if total <= self.disk_max_bytes:
+                    break
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
+        except OSError as e:  # a full or read-only disk costs the cache, not the request
+            log.warning("cannot write the prefix cache in %s: %s", self.directory, e)

@@ -105,6 +105,13 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else _platform_dir("cache") / "codes"
 
 
+def default_prefix_dir() -> Path:
+    """Where the command line keeps voices' prompt keys and values: ``prefixes`` in the codes folder when
+    ``$HIGGS_AUDIO_CACHE`` names it, else in the per-user cache folder."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() / "prefixes" if env else _platform_dir("cache") / "prefixes"
+
+
 def check_name(name: str) -> str:
     """A voice name is 1-64 letters, digits, '_' or '-', starting with a letter or digit: it becomes a file
     name, so it may not hold path separators, dots or spaces."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -79,6 +80,21 @@ def test_clone_from_file_flac(cli, tmp_path, clips, tok, encode):
     assert t[0][1] == f"\n\n{clips.text_a}<|eot_id|>"  # transcript from the sidecar .txt
     assert t[1][1] == "\n\n<|audio_out_bos|><|AUDIO_OUT|><|audio_eos|><|eot_id|>"
     assert [a["output"] for a in p["audio"]] == [True] and p["audio"][0]["codes"] == encode(clips.a)
+
+
+def test_a_voice_spoken_again_starts_from_its_keys_and_values_on_disk(cli, tmp_path, clips):
+    """The first run keeps the voice's prompt keys and values in the cache folder; the next run with that
+    voice reads them (their files count as used again) and speaks exactly as the first did."""
+    env = {"HIGGS_AUDIO_CACHE": str(tmp_path / "codes")}  # a cache of this test's own
+    first, again = tmp_path / "first.wav", tmp_path / "again.wav"
+    cli.speak("Say it like the reference.", "-o", first, "--voice", clips.a, "--scene", "none", env=env)
+    files = sorted((tmp_path / "codes" / "prefixes").glob("*/*.safetensors"))
+    assert files, "no keys and values were kept"
+    used = {f: f.stat().st_mtime_ns for f in files}
+    time.sleep(0.05)
+    cli.speak("Say it like the reference.", "-o", again, "--voice", clips.a, "--scene", "none", env=env)
+    assert all(f.stat().st_mtime_ns > used[f] for f in files)
+    assert first.read_bytes() == again.read_bytes()
 
 
 def test_library_voice_mp3_and_voices_commands(cli, tmp_path, clips, tok, encode, capsys, monkeypatch):

@@ -116,3 +116,29 @@ def test_out_of_memory_while_storing_stops_storing_and_serves_the_request(setup,
     assert len(columns) == 12 and "out of memory for the prefix cache" in caplog.text
     assert len(decoder.prefixes) == 1 and decoder.prefixes.max_bytes == decoder.prefixes.nbytes
     assert _generate(decoder, request("One sentence.", seed=1))[1] == BLOCK
+
+
+def test_blocks_kept_on_disk_serve_a_later_decoder(setup, tmp_path, caplog):
+    """A second decoder (a later process) with the same folder copies the voice from disk; a damaged file is
+    a cache miss and is removed; the folder stays within its budget."""
+    model, tok, request = setup
+    folder = tmp_path / "prefixes"
+    first = BatchDecoder(model, tok, max_len=400, prefix_cache_dir=folder)
+    _generate(first, request("One sentence.", seed=1))
+    files = sorted(folder.glob("*.safetensors"))
+    assert len(files) == len(first.prefixes) == 3
+
+    second = request("A different, longer sentence to say.", seed=2)
+    columns, reused, merged = _generate(BatchDecoder(model, tok, max_len=400, prefix_cache_dir=folder), second)
+    fresh, _, _ = _generate(BatchDecoder(model, tok, max_len=400, prefix_cache_mb=0), second)
+    assert reused == 3 * BLOCK and torch.equal(columns, fresh)
+
+    damaged = folder / f"{prefix_cache._digests(merged, 3 * BLOCK)[1].hex()}.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    assert _generate(BatchDecoder(model, tok, max_len=400, prefix_cache_dir=folder), second)[1] == BLOCK
+    assert f"removing unusable prefix cache file {damaged}" in caplog.text
+
+    tight = BatchDecoder(model, tok, max_len=400, prefix_cache_dir=tmp_path / "tight")
+    tight.prefixes.disk_max_bytes = 2 * files[0].stat().st_size
+    _generate(tight, request("One sentence.", seed=1))
+    assert len(list((tmp_path / "tight").glob("*.safetensors"))) == 2
