@@ -28,7 +28,7 @@ from higgs_audio.cuda_graphs import CapturedSteps
 from higgs_audio.delay import add_delay_pattern
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
-from higgs_audio.prefix_cache import PrefixCache
+from higgs_audio.prefix_cache import BLOCK, PrefixCache
 from higgs_audio.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -271,17 +271,25 @@ class BatchDecoder:
         """Prefill up to ``budget`` more prompt positions of ``s``; once done, the stream decodes from the next
         step. Returns the positions prefilled."""
         merged, dev = s.merged, self.device
-        # All but the last position: the last one is this stream's first decode input.
-        start, end = s.prefilled, min(s.prefilled + budget, s.prompt_len - 1)
-        if end > start:
+        last = s.prompt_len - 1  # all but the last position: the last one is this stream's first decode input
+        # With a prefix cache, the positions after the last whole block get a pass of their own, as in a later
+        # request that copies the blocks: the same prompt then computes the same keys and values either way
+        # (kernels round differently for other row counts), so a seeded request repeats its audio exactly.
+        boundary = last // BLOCK * BLOCK if self.prefixes.max_bytes else 0
+        done = 0
+        while done < budget and s.prefilled < last:
+            start = s.prefilled
+            end = min(start + budget - done, last)
+            if start < boundary < end:
+                end = boundary
             audio = merged.audio[None, start:end].to(dev)
             x = self.model.embed(merged.ids[None, start:end].to(dev), merged.codes[None, start:end].to(dev), audio)
             self.model(x, audio, torch.arange(start, end, device=dev)[None], self._row(slot), kv_len=end)
-            s.prefilled = end
-        if end == s.prompt_len - 1:
-            self.prefixes.store(merged, end, self._row(slot))
+            s.prefilled, done = end, done + end - start
+        if s.prefilled == last:
+            self.prefixes.store(merged, last, self._row(slot))
             self._activate(slot, s)
-        return end - start
+        return done
 
     def _activate(self, slot: int, stream: _Stream) -> None:
         """Load a fully prefilled stream's decode state into its slot."""

@@ -142,3 +142,22 @@ def test_blocks_kept_on_disk_serve_a_later_decoder(setup, tmp_path, caplog):
     tight.prefixes.disk_max_bytes = 2 * files[0].stat().st_size
     _generate(tight, request("One sentence.", seed=1))
     assert len(list((tmp_path / "tight").glob("*.safetensors"))) == 2
+
+
+def test_prefill_passes_end_at_the_last_whole_block(setup, monkeypatch):
+    """A fresh prompt is prefilled as a later request that copies its blocks would be: the whole blocks in one
+    pass, the rest in another, so both compute the same keys and values (kernels round differently for other
+    row counts). Without a prefix cache it is one pass."""
+    model, tok, request = setup
+    passes = []
+    real = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, x, audio, positions, cache, kv_len:
+                        passes.append((int(positions[0, 0]), int(positions[0, -1]) + 1))
+                        or real(self, x, audio, positions, cache, kv_len))
+    first = request("One sentence.", seed=1)
+    for mb in (512, 0):
+        passes.clear()
+        decoder = BatchDecoder(model, tok, max_len=400, prefix_cache_mb=mb)
+        last = decoder.streams[decoder.add(first)].prompt_len - 1
+        boundary = last // BLOCK * BLOCK
+        assert passes == ([(0, boundary), (boundary, last)] if mb else [(0, last)])
