@@ -161,3 +161,22 @@ def test_prefill_passes_end_at_the_last_whole_block(setup, monkeypatch):
         last = decoder.streams[decoder.add(first)].prompt_len - 1
         boundary = last // BLOCK * BLOCK
         assert passes == ([(0, boundary), (boundary, last)] if mb else [(0, last)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_copied_prefix_feeds_the_cuda_graphs(tiny_original):
+    """On CUDA with ``compile=True`` the captured steps read the cache rows the copy wrote."""
+    model, _, _ = load_model(tiny_original, device="cuda", dtype="float32")
+    tok = TextTokenizer(tiny_original)
+    ref = torch.randint(0, 1024, (8, 60), generator=torch.Generator().manual_seed(9))
+
+    def request(text: str, seed: int) -> Request:
+        ids = tok.encode(PROMPT.replace("A reference line.", TRANSCRIPT).replace("The text to speak.", text))
+        return Request(ids, [ref], SamplingParams(temperature=0.9, seed=seed, max_new_tokens=12))
+
+    cached = BatchDecoder(model, tok, max_len=400, compile=True)
+    _generate(cached, request("One sentence.", seed=1))
+    columns, reused, _ = _generate(cached, request("Another one, a little longer.", seed=2))
+    fresh, _, _ = _generate(BatchDecoder(model, tok, max_len=400, compile=True, prefix_cache_mb=0),
+                            request("Another one, a little longer.", seed=2))
+    assert reused >= 3 * BLOCK and torch.equal(columns.cpu(), fresh.cpu())
