@@ -3,8 +3,7 @@
 # (the CUDA-graph decode step gives the eager step's streams; bf16, int8 and int4 agree with fp32), then the
 # generation benchmark (CUDA graphs on and off, int8, int4, the transformers port) and the codec benchmark,
 # each with the port in the same run (the codec also decodes 16 streams one by one and batched); the CUDA
-# tests include the prefix cache feeding the captured steps. Results land
-# in $OUT (or ./gpu-results).
+# tests include the prefix cache feeding the captured steps. Results land in $OUT (or ./gpu-results).
 #
 # The machine has no network: the packages it may lack (soundfile, soxr; llama-models for the tests' text
 # tokenizer; cffi and pycparser for soundfile) travel as wheels in .whl/ when present (see benchmarks/README.md).
