@@ -83,8 +83,8 @@ class CodecBatcher:
 class JobAudio:
     """Consumes one job. Create it, then either iterate ``stream()`` or await ``collect()``, once."""
 
-    def __init__(self, job: Job, codec: CodecBatcher, *, speed: float = 1.0, chunk_frames: int = 10):
-        self.job, self.codec, self.speed, self.chunk_frames = job, codec, speed, chunk_frames
+    def __init__(self, job: Job, batcher: CodecBatcher, *, speed: float = 1.0, chunk_frames: int = 10):
+        self.job, self.batcher, self.speed, self.chunk_frames = job, batcher, speed, chunk_frames
         self.outcome = Outcome()
         self._first = None  # an item read ahead by ``started``
         self._checked = time.perf_counter()  # last check for a client disconnect
@@ -133,8 +133,8 @@ class JobAudio:
 
     async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
         """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
-        decoder = self.codec.codec.stream_decoder()
-        tempo = Tempo(self.speed, self.codec.codec.sample_rate) if self.speed != 1.0 else None
+        decoder = self.batcher.codec.stream_decoder()
+        tempo = Tempo(self.speed, self.batcher.codec.sample_rate) if self.speed != 1.0 else None
         frames: list[torch.Tensor] = []
         sent_audio = False
         try:
@@ -145,7 +145,7 @@ class JobAudio:
                 end = any(kind == "done" for kind, _ in batch)
                 wave = np.zeros(0, dtype=np.float32)
                 if frames and (not sent_audio or len(frames) >= self.chunk_frames or end):
-                    wave = await self.codec.push(decoder, torch.stack(frames, dim=1))
+                    wave = await self.batcher.push(decoder, torch.stack(frames, dim=1))
                     frames = []
                 if end:
                     wave = np.concatenate([wave, await run_in_threadpool(decoder.flush)])
