@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 _DTYPES = {
@@ -46,3 +48,13 @@ def pick_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dt
         return _DTYPES[str(spec).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {spec!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (Linux), or None where they cannot be read."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith(("flags", "Features"))),
+                None)

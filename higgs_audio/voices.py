@@ -112,6 +112,11 @@ def default_prefix_dir() -> Path:
     return Path(env).expanduser() / "prefixes" if env else _platform_dir("cache") / "prefixes"
 
 
+def default_kernel_dir() -> Path:
+    """Where compiled CPU kernels are kept: ``kernels`` next to the prefixes."""
+    return default_prefix_dir().with_name("kernels")
+
+
 def check_name(name: str) -> str:
     """A voice name is 1-64 letters, digits, '_' or '-', starting with a letter or digit: it becomes a file
     name, so it may not hold path separators, dots or spaces."""

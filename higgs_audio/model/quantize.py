@@ -10,33 +10,24 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from higgs_audio.device import cpu_flags
+from higgs_audio.model import int8_kernel
+
 INT4_GROUP = 128
 _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
-# Up to this many rows torch's CPU int8 kernel beats dequantising to fp32 for a dense matmul (measured on an
-# 8192 x 3072 layer, 2 AVX2 cores: 31 against 41 ms at 64 rows, even at 128); with native bf16 the dense
-# matmul wins from about 24 rows, so there the decode limit applies.
+# Where our int8 kernel cannot be built: up to this many rows torch's CPU int8 kernel beats dequantising to
+# fp32 for a dense matmul (measured on an 8192 x 3072 layer, 2 AVX2 cores: 31 against 41 ms at 64 rows, even
+# at 128); with native bf16 the dense matmul wins from about 24 rows, so there the decode limit applies.
 _INT8_KERNEL_ROWS_FP32 = 96
 _CPU_ALIGN = 64  # bytes; what torch's CPU allocator guarantees
 
 
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 and Arm names in /proc/cpuinfo
-
-
-def _cpu_flags() -> set[str] | None:
-    """The CPU's feature flags (Linux), or None where they cannot be read."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith(("flags", "Features"))),
-                None)
 
 
 @functools.cache
@@ -45,7 +36,7 @@ def cpu_has_native_bf16() -> bool:
     has none; otherwise it is measured (under 100 ms, once), because the kernels torch reaches also depend on
     its build and on oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``). Native and emulated bf16 differ by over 5x,
     but a busy machine can stall the fp32 run's threads as long, hence the flags first."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags is not None and not flags & _BF16_FLAGS:
         return False
 
@@ -98,7 +89,15 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
         super().__init__()
-        if weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
+        self.out_features, self.in_features = weight.shape
+        # On a CPU without native bf16, our kernel at every batch size: on 2 AVX2 cores it took 0.88 ms for
+        # one row of an 8192 x 3072 layer (torch's int8 kernel 1.56) and 60 ms for 300 rows (dequantising to
+        # fp32 and a dense matmul 102).
+        self.our_kernel = (weight.device.type == "cpu" and int8_kernel.fits(*weight.shape) and not cpu_has_native_bf16()
+                       and int8_kernel.library() is not None)
+        if self.our_kernel:
+            weight, scales = int8_kernel.pack(weight), scales.float()
+        elif weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
             # torch's CPU int8 kernel crashes on a weight that is not 64-byte aligned once it gets 3 or more
             # rows (torch 2.13); tensors read from a safetensors file sit at arbitrary offsets.
             weight = weight.clone()
@@ -127,7 +126,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if x.is_cuda or flat.shape[0] > (_DECODE_ROWS if cpu_has_native_bf16() else _INT8_KERNEL_ROWS_FP32):
+        if self.our_kernel:
+            out = int8_kernel.matmul(flat, self.weight, self.scales)
+        elif x.is_cuda or flat.shape[0] > (_DECODE_ROWS if cpu_has_native_bf16() else _INT8_KERNEL_ROWS_FP32):
             # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
             # a CPU without native bf16. On CUDA always: torch's int8 kernel there took 155 us for one row of
             # a 3072 x 8192 layer on an H200, dequantising and a bf16 matmul 85 us (the bf16 matmul alone 21).
@@ -138,7 +139,7 @@ class Int8Linear(nn.Module):
             out = F.linear(flat.to(dtype), weight.mul_(self.scales.to(dtype)[:, None]))
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
-        return out.to(x.dtype).reshape(*shape[:-1], self.weight.shape[0])
+        return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
 class Int4Linear(nn.Module):

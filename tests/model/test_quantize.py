@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from higgs_audio.checkpoint import load_model
+from higgs_audio.device import cpu_flags
 from higgs_audio.model.higgs import merge_placeholders
 from higgs_audio.model.quantize import CompactLinear, Int4Linear, Int8Linear
 from higgs_audio.model.transformer import KVCache
@@ -28,6 +29,7 @@ SMALL = dict(
     head_dim=64,
 )
 FRAMES = 200
+HAS_AVX2 = platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= (cpu_flags() or set())
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,26 @@ def test_compact_weights_agree_with_fp32(small_dir, reference_logits, load, min_
     assert corr > min_corr, corr
 
 
+@pytest.mark.skipif(not HAS_AVX2, reason="our int8 kernel is for x86 CPUs with AVX2 and FMA")
+def test_int8_with_our_cpu_kernel_agrees_with_fp32(small_dir, reference_logits, monkeypatch):
+    """On a CPU without native bf16 every int8 layer runs our kernel, prefill and decode alike, and agrees with
+    fp32 as closely as torch's kernels do (the bar of the test above)."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
+    assert quantize_module.int8_kernel.library() is not None, "a C compiler is needed to build the int8 kernel"
+    calls = []
+    real = quantize_module.int8_kernel.matmul
+    monkeypatch.setattr(quantize_module.int8_kernel, "matmul", lambda x, *a: calls.append(len(x)) or real(x, *a))
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *a: pytest.fail("torch's int8 kernel was used"))
+    logits = _teacher_forced_logits(small_dir, quantize="int8")
+    assert calls and max(calls) > 200  # the prompt and its 200 frames in one pass
+    agree = (logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
+    corr = torch.corrcoef(torch.stack([logits.flatten(), reference_logits.flatten()]))[0, 1].item()
+    print(f"int8, our kernel: greedy agreement {agree:.4f}, logit correlation {corr:.5f}")
+    assert agree >= 0.95 and corr > 0.999, (agree, corr)
+
+
 def test_quantized_layers_replace_every_linear(small_dir):
     model, _, _ = load_model(small_dir, device="cpu", quantize="int8")
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -121,12 +143,13 @@ def test_quantized_linear_takes_no_rows():
 
 def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_logits, monkeypatch):
     """On a CPU that emulates bf16, compact weights are widened to fp32 for prefill-sized matmuls, and int8
-    prefill dequantises to fp32; both still agree with the fp32 model."""
+    prefill without our kernel (no C compiler) dequantises to fp32; both still agree with the fp32 model."""
     import higgs_audio.model.quantize as quantize_module
 
     widened = []
     real_widened = quantize_module._widened
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(quantize_module.int8_kernel, "library", lambda: None)
     monkeypatch.setattr(quantize_module, "_widened", lambda w, d: widened.append(d) or real_widened(w, d))
     for load in (dict(dtype="auto"), dict(quantize="int8")):
         widened.clear()
@@ -138,11 +161,13 @@ def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_l
 
 @pytest.mark.parametrize("native, kernel_rows", [(True, [1, 16]), (False, [1, 16, 17, 40, 96])])
 def test_int8_uses_torch_kernel_while_it_beats_dequantising(monkeypatch, native, kernel_rows):
-    """Up to 16 rows torch's int8 kernel is used; without native bf16 (dequantising to fp32 is slow) up to 96,
-    so that a short prefill (a prompt's tail after its cached prefix) stays fast. Both paths agree."""
+    """Up to 16 rows torch's int8 kernel is used; without native bf16 (dequantising to fp32 is slow) and
+    without our kernel up to 96, so that a short prefill (a prompt's tail after its cached prefix) stays
+    fast. Both paths agree."""
     import higgs_audio.model.quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(quantize_module.int8_kernel, "library", lambda: None)
     calls, real = [], torch._weight_int8pack_mm
     monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
     g = torch.Generator().manual_seed(0)
@@ -168,7 +193,7 @@ def test_cpu_flags_without_bf16_decide_without_measuring(monkeypatch):
     """A CPU without bf16 instructions computes in fp32 even when a busy machine would skew the measurement."""
     import higgs_audio.model.quantize as quantize_module
 
-    monkeypatch.setattr(quantize_module, "_cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
+    monkeypatch.setattr(quantize_module, "cpu_flags", lambda: {"sse4_2", "avx2", "fma"})
     monkeypatch.setattr(quantize_module.F, "linear", lambda *a: pytest.fail("measured despite the flags"))
     assert quantize_module.cpu_has_native_bf16.__wrapped__() is False
 

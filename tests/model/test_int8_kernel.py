@@ -1,0 +1,125 @@
+"""Our CPU int8 matrix product (built from C at first use) against exact fp32 arithmetic."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from higgs_audio.model import int8_kernel
+from higgs_audio.model.quantize import Int8Linear
+from tests.model.test_quantize import HAS_AVX2
+
+pytestmark = pytest.mark.skipif(not HAS_AVX2, reason="our int8 kernel is for x86 CPUs with AVX2 and FMA")
+
+
+def _exact(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return (x.double() @ weight.double().t() * scales.double()).float()
+
+
+def _product(x, weight, scales):
+    return int8_kernel.matmul(x, int8_kernel.pack(weight), scales.float())
+
+
+@pytest.mark.parametrize("n, k", [(4, 16), (64, 96), (8, 272), (256, 1024)])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 17])
+def test_product_matches_exact_arithmetic(m, n, k):
+    """Every row count (pairs and a lone row), input sizes that are not whole 256-wide chunks, one block."""
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    weight = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    scales = torch.rand(n, generator=g) * 0.01
+    x = torch.randn(m, k, generator=g)
+    exact = _exact(x, weight, scales)
+    out = _product(x, weight, scales)
+    assert out.shape == (m, n) and out.dtype == torch.float32
+    # x is rounded to int16 per row: ~3e-5 of the result's scale
+    assert ((out - exact).norm() / exact.norm()).item() < 2e-4
+
+
+def test_long_rows_of_extreme_values_do_not_overflow():
+    """Every product at its largest (127 x 32767) over 8192 inputs: summing in int32 without widening every
+    256 inputs would wrap around."""
+    weight = torch.full((4, 8192), 127, dtype=torch.int8)
+    weight[1] = -127
+    x = torch.full((2, 8192), 3.0)
+    out = _product(x, weight, torch.ones(4))
+    assert torch.allclose(out[:, 0], torch.full((2,), 3.0 * 127 * 8192), rtol=1e-5)
+    assert torch.allclose(out[:, 1], torch.full((2,), -3.0 * 127 * 8192), rtol=1e-5)
+
+
+def test_rows_are_scaled_apart():
+    """Each input row has its own int16 scale: a row of zeros stays zeros, and a tiny row beside a huge one
+    keeps its precision."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randint(-127, 128, (8, 64), dtype=torch.int8, generator=g)
+    x = torch.randn(3, 64, generator=g)
+    x[0] = 0
+    x[1] *= 1e-6
+    x[2] *= 1e6
+    out = _product(x, weight, torch.ones(8))
+    exact = _exact(x, weight, torch.ones(8))
+    assert torch.equal(out[0], torch.zeros(8))
+    for row in (1, 2):
+        assert ((out[row] - exact[row]).norm() / exact[row].norm()).item() < 2e-4
+
+
+def test_thread_count_does_not_change_the_result():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randint(-127, 128, (512, 256), dtype=torch.int8, generator=g)
+    x = torch.randn(6, 256, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _product(x, weight, torch.ones(512))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, _product(x, weight, torch.ones(512)))
+
+
+def test_layers_of_other_shapes_fall_back_to_torch(monkeypatch):
+    """The packed layout needs output sizes divisible by 4 (and input sizes by 16, which torch's kernel needs
+    too: it crashed on 40 with AVX-512); other layers keep the plain weight and torch's kernel."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
+    assert Int8Linear.from_float(torch.randn(64, 32)).our_kernel
+    for shape in ((66, 32), (62, 48)):
+        layer = Int8Linear.from_float(torch.randn(*shape))
+        assert not layer.our_kernel and layer.weight.shape == shape
+        x = torch.randn(2, shape[1])
+        assert layer(x).shape == (2, shape[0])
+
+
+def test_a_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
+    """No C compiler: int8 layers use torch's kernel and the log says why; nothing is left in the cache."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setenv("HIGGS_AUDIO_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
+    int8_kernel.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="higgs_audio.model.int8_kernel"):
+            assert int8_kernel.library() is None
+            layer = Int8Linear.from_float(torch.randn(64, 32))
+        assert "could not build" in caplog.text and "torch's slower kernel" in caplog.text
+        assert not layer.our_kernel
+        assert not list((tmp_path / "kernels").iterdir())
+    finally:
+        int8_kernel.library.cache_clear()
+
+
+def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HIGGS_AUDIO_CACHE", str(tmp_path))
+    int8_kernel.library.cache_clear()
+    try:
+        assert int8_kernel.library() is not None
+        built = list((tmp_path / "kernels").iterdir())
+        assert len(built) == 1 and built[0].suffix == ".so"
+        stamp = built[0].stat().st_mtime_ns
+        int8_kernel.library.cache_clear()
+        assert int8_kernel.library() is not None
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        int8_kernel.library.cache_clear()
