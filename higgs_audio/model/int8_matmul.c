@@ -14,6 +14,10 @@
 #define ROWS 4
 #define LANES 16
 #define CHUNK 256 /* int32 sums widened to fp32 this often: 256 * 127 * 32767 < 2^31 cannot overflow */
+/* Weights are requested into L2 this far ahead. The hardware prefetcher alone left the bus idle while rows
+ * were being multiplied: 4 rows of x took 1.74 ms on an 8192 x 3072 layer (2 AVX2 cores) without, 1.08
+ * with; one row 0.80 and 0.70. */
+#define PREFETCH 16384
 
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -38,6 +42,7 @@ static void block(const int16_t *xq, const float *xscale, int64_t k, int two, co
         int64_t end = c + CHUNK < k ? c + CHUNK : k;
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         for (int64_t j = c; j < end; j += LANES, w += ROWS * LANES) {
+            _mm_prefetch((const char *)w + PREFETCH, _MM_HINT_T1);
             __m256i u = _mm256_loadu_si256((const __m256i *)(x0 + j));
             __m256i w0 = widen(w), w1 = widen(w + LANES), w2 = widen(w + 2 * LANES), w3 = widen(w + 3 * LANES);
             a0 = mac(a0, u, w0); a1 = mac(a1, u, w1); a2 = mac(a2, u, w2); a3 = mac(a3, u, w3);
