@@ -95,6 +95,12 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return packed.copy_(weight.reshape(n // ROWS, ROWS, k // LANES, LANES).transpose(1, 2))
 
 
+def unpacked(packed: torch.Tensor) -> torch.Tensor:
+    """A view of a packed weight in the plain layout, as (n / ROWS, ROWS, k / LANES, LANES): copied into a
+    contiguous tensor it reads as the (n, k) weight."""
+    return packed.transpose(1, 2)
+
+
 def matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``x`` (m, k) times the packed (n, k) weight, transposed, times fp32 ``scales`` (n,): (m, n) fp32."""
     x = x.float().contiguous()

@@ -8,6 +8,7 @@ and many times slower than fp32): ``CompactLinear`` upcasts the weight there ins
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 import torch
@@ -20,9 +21,12 @@ from higgs_audio.model import int8_kernel
 INT4_GROUP = 128
 _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
-# Where our int8 kernel cannot be built: up to this many rows torch's CPU int8 kernel beats dequantising to
-# fp32 for a dense matmul (measured on an 8192 x 3072 layer, 2 AVX2 cores: 31 against 41 ms at 64 rows, even
-# at 128); with native bf16 the dense matmul wins from about 24 rows, so there the decode limit applies.
+# Up to how many rows an int8 kernel beats dequantising and a dense matmul, measured on an 8192 x 3072 layer
+# with 2 cores. Ours (int8_kernel) without native bf16: at every size (60 against 102 ms at 300 rows, AVX2);
+# with native bf16 up to about 48 (13.1 against 13.4 ms at 64 rows, 3.5 against 7.8 at 16). torch's
+# kernel, where ours cannot be built: without native bf16 up to 96 (31 against 41 ms at 64 rows, even at
+# 128), with native bf16 up to the decode limit (the dense matmul wins from about 24 rows).
+_OUR_KERNEL_ROWS_BF16 = 48
 _INT8_KERNEL_ROWS_FP32 = 96
 _CPU_ALIGN = 64  # bytes; what torch's CPU allocator guarantees
 
@@ -90,11 +94,8 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # On a CPU without native bf16, our kernel at every batch size: on 2 AVX2 cores it took 0.88 ms for
-        # one row of an 8192 x 3072 layer (torch's int8 kernel 1.56) and 60 ms for 300 rows (dequantising to
-        # fp32 and a dense matmul 102).
-        self.our_kernel = (weight.device.type == "cpu" and int8_kernel.fits(*weight.shape) and not cpu_has_native_bf16()
-                       and int8_kernel.library() is not None)
+        self.our_kernel = (weight.device.type == "cpu" and int8_kernel.fits(*weight.shape)
+                           and int8_kernel.library() is not None)
         if self.our_kernel:
             weight, scales = int8_kernel.pack(weight), scales.float()
         elif weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
@@ -123,20 +124,30 @@ class Int8Linear(nn.Module):
     def from_float(cls, weight: torch.Tensor) -> Int8Linear:
         return cls.from_tensors(**cls.quantize(weight))
 
+    def _kernel_rows(self) -> float:
+        """Up to how many rows an int8 kernel beats dequantising for a dense matmul on this CPU."""
+        if cpu_has_native_bf16():
+            return _OUR_KERNEL_ROWS_BF16 if self.our_kernel else _DECODE_ROWS
+        return math.inf if self.our_kernel else _INT8_KERNEL_ROWS_FP32
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        if self.our_kernel:
-            out = int8_kernel.matmul(flat, self.weight, self.scales)
-        elif x.is_cuda or flat.shape[0] > (_DECODE_ROWS if cpu_has_native_bf16() else _INT8_KERNEL_ROWS_FP32):
+        if x.is_cuda or flat.shape[0] > self._kernel_rows():
             # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
             # a CPU without native bf16. On CUDA always: torch's int8 kernel there took 155 us for one row of
             # a 3072 x 8192 layer on an H200, dequantising and a bf16 matmul 85 us (the bf16 matmul alone 21).
             dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
-            # On CUDA a plain allocation: the caching allocator makes it cheap, and a captured CUDA graph then
-            # owns its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
-            weight = self.weight.to(dtype) if x.is_cuda else _widened(self.weight, dtype)
+            if x.is_cuda:
+                # A plain allocation: the caching allocator makes it cheap, and a captured CUDA graph then owns
+                # its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
+                weight = self.weight.to(dtype)
+            else:
+                plain = int8_kernel.unpacked(self.weight) if self.our_kernel else self.weight
+                weight = _widened(plain, dtype).view(self.out_features, self.in_features)
             out = F.linear(flat.to(dtype), weight.mul_(self.scales.to(dtype)[:, None]))
+        elif self.our_kernel:
+            out = int8_kernel.matmul(flat, self.weight, self.scales)
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)

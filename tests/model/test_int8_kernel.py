@@ -123,3 +123,22 @@ def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
         assert built[0].stat().st_mtime_ns == stamp
     finally:
         int8_kernel.library.cache_clear()
+
+
+@pytest.mark.parametrize("native, kernel_rows", [(False, [1, 48, 49, 200]), (True, [1, 48])])
+def test_layers_use_our_kernel_while_it_beats_dequantising(monkeypatch, native, kernel_rows):
+    """Without native bf16 our kernel takes every row count (prefill too); with native bf16 a dense bf16
+    matmul over the weight unpacked from the kernel's layout wins above 48 rows. Both paths agree."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: native)
+    calls, real = [], int8_kernel.matmul
+    monkeypatch.setattr(int8_kernel, "matmul", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
+    g = torch.Generator().manual_seed(3)
+    w, x = torch.randn(256, 128, generator=g), torch.randn(200, 128, generator=g)
+    layer = Int8Linear.from_float(w)
+    assert layer.our_kernel
+    for rows in (1, 48, 49, 200):
+        exact = x[:rows] @ w.t()
+        assert ((layer(x[:rows]) - exact).norm() / exact.norm()).item() < 0.01, rows
+    assert calls == kernel_rows
