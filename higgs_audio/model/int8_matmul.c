@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define ROWS 4
 #define LANES 16
@@ -58,6 +59,16 @@ static void block(const int16_t *xq, const float *xscale, int64_t k, int two, co
     }
     for (int i = 0; i <= two; i++)
         for (int r = 0; r < ROWS; r++) out[i * n + r] = hsum(s[i][r]) * xscale[i] * scales[r];
+}
+
+/* w: n x k plain; packed: the same weights in the packed layout (n % ROWS == 0, k % LANES == 0). */
+void int8_pack(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int threads) {
+    int64_t slices = k / LANES;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < n / ROWS; b++)
+        for (int64_t s = 0; s < slices; s++)
+            for (int r = 0; r < ROWS; r++)
+                memcpy(packed + ((b * slices + s) * ROWS + r) * LANES, w + (b * ROWS + r) * k + s * LANES, LANES);
 }
 
 /* Per calling thread, reused: the int16 copy of x and its row scales. */

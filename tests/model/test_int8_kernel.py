@@ -37,6 +37,14 @@ def test_product_matches_exact_arithmetic(m, n, k):
     assert ((out - exact).norm() / exact.norm()).item() < 2e-4
 
 
+def test_packing_interleaves_four_rows_and_unpacks():
+    weight = torch.arange(8 * 48, dtype=torch.int32).remainder(251).sub(125).to(torch.int8).reshape(8, 48)
+    packed = int8_kernel.pack(weight)
+    assert packed.shape == (2, 3, 4, 16) and packed.data_ptr() % 32 == 0
+    assert torch.equal(packed[1, 2, 3], weight[1 * 4 + 3, 2 * 16 : 3 * 16])
+    assert torch.equal(int8_kernel.unpacked(packed).reshape(8, 48), weight)
+
+
 def test_long_rows_of_extreme_values_do_not_overflow():
     """Every product at its largest (127 x 32767) over 8192 inputs: summing in int32 without widening every
     256 inputs would wrap around."""
