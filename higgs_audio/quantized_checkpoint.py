@@ -1,10 +1,11 @@
 """Quantized checkpoints: quantize a checkpoint once, save it, and load it later without quantizing again.
 
 A quantized checkpoint is a directory holding the source's ``config.json`` and text-tokenizer files, a
-``quantization.json`` (``{"format": 1, "mode": "int8" | "int4"}``) and one ``model.safetensors`` whose
+``quantization.json`` (``{"format": 2, "mode": "int8" | "int4"}``) and one ``model.safetensors`` whose
 tensors carry our modules' names: each quantized linear stores its ``FIELDS``, everything else its bf16
 tensor. It is device independent (int4 is packed for the device at load). Every tensor starts at a 64-byte
-aligned file offset, so the CPU int8 kernel can use the memory-mapped file as it is.
+aligned file offset. Format 2 stores int8 weights that fit our CPU kernel in its packed order (same shape),
+so that a CPU uses the memory-mapped file as it is; format 1 (plain order) still loads.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from higgs_audio.errors import CheckpointError
 
 QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
-def read_mode(directory: Path) -> str | None:
-    """The quantization of a checkpoint directory, or None for a float checkpoint."""
+def _read_meta(directory: Path) -> dict | None:
     from higgs_audio.checkpoint import read_json
     from higgs_audio.model.quantize import MODES
 
@@ -35,21 +36,30 @@ def read_mode(directory: Path) -> str | None:
     if not path.exists():
         return None
     meta = read_json(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not one this version reads ({FORMAT}); "
-                              "quantize the original checkpoint again with 'higgs-audio quantize'")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not one this version reads "
+                              f"({', '.join(map(str, READABLE_FORMATS))}); quantize the original checkpoint again "
+                              "with 'higgs-audio quantize'")
     if meta.get("mode") not in MODES:
         raise CheckpointError(f"{path}: unknown mode {meta.get('mode')!r}, expected one of {', '.join(MODES)}")
-    return meta["mode"]
+    return meta
+
+
+def read_mode(directory: Path) -> str | None:
+    """The quantization of a checkpoint directory, or None for a float checkpoint."""
+    meta = _read_meta(directory)
+    return meta and meta["mode"]
 
 
 def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storage: torch.dtype) -> nn.Module:
     """Build the model from a quantized checkpoint, strictly: every key, shape and quantized dtype is checked."""
     from higgs_audio.checkpoint import OUR_NAMES, TensorSource, check_tensors, safetensors_files
     from higgs_audio.model.higgs import HiggsAudioModel
+    from higgs_audio.model import int8_kernel
     from higgs_audio.model.quantize import quantized_class, replace_linears
 
     cls = quantized_class(mode)
+    packed_int8 = mode == "int8" and _read_meta(directory)["format"] >= 2  # see Int8Linear.saved
     source = TensorSource(safetensors_files(directory), OUR_NAMES)
     with torch.device("meta"):
         model = HiggsAudioModel(cfg, text_head=any(k.startswith("text_head.") for k in source.parts))
@@ -68,6 +78,8 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
             if tensor.dtype != dtype:
                 raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
             fields[field] = tensor.to(device)
+        if packed_int8 and int8_kernel.fits(*linears[name]):
+            return cls.from_tensors(**fields, packed=True)
         return cls.from_tensors(**fields)
 
     replace_linears(model, read)
@@ -146,7 +158,7 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
     tensors: dict[str, torch.Tensor] = {}
     for name, linear in tqdm(linears, desc=f"quantizing to {mode}", unit="layer", disable=not progress,
                              leave=False, dynamic_ncols=True):
-        tensors.update({f"{name}.{field}": t for field, t in cls.quantize(linear.weight).items()})
+        tensors.update({f"{name}.{field}": t for field, t in cls.saved(cls.quantize(linear.weight)).items()})
     quantized = {f"{name}.weight" for name, _ in linears}
     tensors.update({k: v.contiguous() for k, v in model.state_dict().items() if k not in quantized})
 

@@ -88,14 +88,21 @@ def fits(out_features: int, in_features: int) -> bool:
     return out_features % ROWS == 0 and in_features % LANES == 0
 
 
+def packed_shape(n: int, k: int) -> tuple[int, int, int, int]:
+    return n // ROWS, k // LANES, ROWS, LANES
+
+
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """An (n, k) int8 weight in the kernel's layout, ``ROWS`` rows' ``LANES``-wide slices interleaved, in a
-    fresh allocation (torch aligns those to 64 bytes; the kernel's loads need 32). In C: torch's strided copy
-    moved under 1 GB/s, several seconds for a model loaded from a saved int8 checkpoint."""
+    fresh allocation (torch aligns those to 64 bytes; the kernel's loads need 32). In C where the kernel is
+    built: torch's strided copy moves under 1 GB/s, seconds for a whole model."""
     n, k = weight.shape
+    lib = library() if weight.device.type == "cpu" else None
+    if lib is None:
+        return weight.reshape(n // ROWS, ROWS, k // LANES, LANES).transpose(1, 2).contiguous()
     weight = weight.contiguous()
-    packed = torch.empty(n // ROWS, k // LANES, ROWS, LANES, dtype=torch.int8)
-    library().int8_pack(weight.data_ptr(), n, k, packed.data_ptr(), torch.get_num_threads())
+    packed = torch.empty(packed_shape(n, k), dtype=torch.int8)
+    lib.int8_pack(weight.data_ptr(), n, k, packed.data_ptr(), torch.get_num_threads())
     return packed
 
 

@@ -91,17 +91,26 @@ class Int8Linear(nn.Module):
 
     FIELDS = ("weight", "scales")  # the tensors a quantized checkpoint stores per layer
 
-    def __init__(self, weight: torch.Tensor, scales: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, packed: bool = False):
+        """``weight``: (out, in) int8, in the plain order or, ``packed``, in our CPU kernel's order (as saved
+        checkpoints hold it for layers that ``int8_kernel.fits``)."""
         super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.our_kernel = (weight.device.type == "cpu" and int8_kernel.fits(*weight.shape)
+        self.out_features, self.in_features = n, k = weight.shape
+        self.our_kernel = (weight.device.type == "cpu" and int8_kernel.fits(n, k)
                            and int8_kernel.library() is not None)
         if self.our_kernel:
-            weight, scales = int8_kernel.pack(weight), scales.float()
-        elif weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
-            # torch's CPU int8 kernel crashes on a weight that is not 64-byte aligned once it gets 3 or more
-            # rows (torch 2.13); tensors read from a safetensors file sit at arbitrary offsets.
-            weight = weight.clone()
+            # A packed weight memory-mapped from a saved checkpoint is used where it lies: no copy at load.
+            weight = weight.view(int8_kernel.packed_shape(n, k)) if packed else int8_kernel.pack(weight)
+            if weight.data_ptr() % 32:  # the kernel's aligned loads; our checkpoints align tensors to 64
+                weight = weight.clone()
+            scales = scales.float()
+        else:
+            if packed:
+                weight = int8_kernel.unpacked(weight.view(int8_kernel.packed_shape(n, k))).reshape(n, k)
+            if weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
+                # torch's CPU int8 kernel crashes on a weight that is not 64-byte aligned once it gets 3 or
+                # more rows (torch 2.13); tensors read from a safetensors file sit at arbitrary offsets.
+                weight = weight.clone()
         self.register_buffer("weight", weight)
         self.register_buffer("scales", scales)
 
@@ -117,8 +126,17 @@ class Int8Linear(nn.Module):
         return {"weight": ((out_features, in_features), torch.int8), "scales": ((out_features,), torch.bfloat16)}
 
     @staticmethod
-    def from_tensors(weight: torch.Tensor, scales: torch.Tensor) -> Int8Linear:
-        return Int8Linear(weight, scales)
+    def from_tensors(weight: torch.Tensor, scales: torch.Tensor, packed: bool = False) -> Int8Linear:
+        return Int8Linear(weight, scales, packed)
+
+    @staticmethod
+    def saved(fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``quantize``'s tensors as a checkpoint stores them: weights that fit our CPU kernel in its order, so
+        that a CPU loads them without a copy (the plain order is restored elsewhere at load)."""
+        n, k = fields["weight"].shape
+        if not int8_kernel.fits(n, k):
+            return fields
+        return {**fields, "weight": int8_kernel.pack(fields["weight"]).view(n, k)}
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int8Linear:
@@ -196,6 +214,11 @@ class Int4Linear(nn.Module):
             q = torch.stack([codes >> 4, codes & 15], dim=-1).reshape(out_f, in_f).to(torch.int32)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, _INT4_INNER_K_TILES)
         return Int4Linear(out_f, in_f, packed, scales_zeros)
+
+    @staticmethod
+    def saved(fields: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``quantize``'s tensors as a checkpoint stores them: as they are."""
+        return fields
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int4Linear:

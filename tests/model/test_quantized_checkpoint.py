@@ -97,6 +97,40 @@ def test_unknown_format_is_refused(saved, tmp_path):
     import shutil
 
     copy = shutil.copytree(saved["int8"], tmp_path / "future")
-    (copy / QUANTIZATION_FILE).write_text(json.dumps({"format": 2, "mode": "int8"}))
-    with pytest.raises(CheckpointError, match="format 2 is not one this version reads"):
+    (copy / QUANTIZATION_FILE).write_text(json.dumps({"format": 3, "mode": "int8"}))
+    with pytest.raises(CheckpointError, match=r"format 3 is not one this version reads \(1, 2\)"):
         load_model(copy, device="cpu")
+
+
+def test_saved_int8_is_used_as_mapped_where_our_kernel_runs(saved, monkeypatch):
+    """The copy holds int8 weights in our CPU kernel's order: loading them packs nothing."""
+    from higgs_audio.model import int8_kernel
+
+    monkeypatch.setattr(int8_kernel, "pack", lambda w: pytest.fail("a saved weight was packed again at load"))
+    model, _, _ = load_model(saved["int8"], device="cpu")
+    assert model.layers[0].mlp.up_proj.our_kernel
+
+
+def test_saved_int8_loads_without_our_kernel(small_dir, saved, monkeypatch):  # noqa: F811
+    """Where our kernel cannot run (no compiler; CUDA) the packed order is undone at load: the model equals the
+    one quantized at load with torch's kernels."""
+    from higgs_audio.model import int8_kernel
+
+    monkeypatch.setattr(int8_kernel, "library", lambda: None)
+    model, _, _ = load_model(saved["int8"], device="cpu")
+    assert not model.layers[0].mlp.up_proj.our_kernel
+    assert torch.equal(_teacher_forced_logits(saved["int8"]), _teacher_forced_logits(small_dir, quantize="int8"))
+
+
+def test_format_1_copies_in_plain_order_still_load(saved, tmp_path):
+    """Copies written before format 2 hold every int8 weight in the plain order."""
+    from higgs_audio.model import int8_kernel
+
+    def plain(tensors):
+        for key, t in tensors.items():
+            if t.dtype == torch.int8 and int8_kernel.fits(*t.shape):
+                tensors[key] = int8_kernel.unpacked(t.view(int8_kernel.packed_shape(*t.shape))).reshape(t.shape)
+
+    copy = _tampered(saved["int8"], tmp_path, plain)
+    (copy / QUANTIZATION_FILE).write_text(json.dumps({"format": 1, "mode": "int8"}))
+    assert torch.equal(_teacher_forced_logits(copy), _teacher_forced_logits(saved["int8"]))
