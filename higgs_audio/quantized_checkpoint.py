@@ -5,7 +5,7 @@ A quantized checkpoint is a directory holding the source's ``config.json`` and t
 tensors carry our modules' names: each quantized linear stores its ``FIELDS``, everything else its bf16
 tensor. It is device independent (int4 is packed for the device at load). Every tensor starts at a 64-byte
 aligned file offset. Format 2 stores int8 weights that fit our CPU kernel in its packed order (same shape),
-so that a CPU uses the memory-mapped file as it is; format 1 (plain order) still loads.
+so that a CPU loads them with a plain copy instead of reordering them; format 1 (plain order) still loads.
 """
 
 from __future__ import annotations

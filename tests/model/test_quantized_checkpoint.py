@@ -102,7 +102,7 @@ def test_unknown_format_is_refused(saved, tmp_path):
         load_model(copy, device="cpu")
 
 
-def test_saved_int8_is_used_as_mapped_where_our_kernel_runs(saved, monkeypatch):
+def test_saved_int8_is_not_reordered_where_our_kernel_runs(saved, monkeypatch):
     """The copy holds int8 weights in our CPU kernel's order: loading them packs nothing."""
     from higgs_audio.model import int8_kernel
 
