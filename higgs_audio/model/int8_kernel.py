@@ -33,12 +33,6 @@ FLAGS = ("-O3", "-fno-math-errno", "-mavx2", "-mfma", "-fopenmp", "-shared", "-f
 ROWS, LANES = 4, 16  # the packed layout: int8_matmul.c's ROWS and LANES
 
 
-def kernel_dir() -> Path:
-    from higgs_audio.voices import default_kernel_dir
-
-    return default_kernel_dir()
-
-
 def _build(compiler: str, target: Path) -> None:
     """Compile into a temporary file next to ``target`` and rename it: a concurrent process sees either no
     library or a whole one."""
@@ -65,8 +59,10 @@ def library() -> ctypes.CDLL | None:
         log.warning("int8 kernel: no C compiler found (set CC or install gcc); int8 on this CPU runs torch's "
                     "slower kernel")
         return None
+    from higgs_audio.voices import default_kernel_dir
+
     digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
-    path = kernel_dir() / f"int8_matmul-{digest}.so"
+    path = default_kernel_dir() / f"int8_matmul-{digest}.so"
     try:
         if not path.exists():
             _build(compiler, path)
@@ -119,6 +115,6 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch
     n = scales.shape[0]
     out = torch.empty(m, n)
     if m and library().int8_matmul(x.data_ptr(), m, k, packed.data_ptr(), scales.data_ptr(), n, out.data_ptr(),
-                             torch.get_num_threads()):
+                                   torch.get_num_threads()):
         raise MemoryError(f"int8 kernel: no memory for a {m} x {k} int16 copy of the input")
     return out

@@ -11,6 +11,7 @@ import functools
 import math
 import threading
 import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
