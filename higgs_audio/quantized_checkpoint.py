@@ -55,7 +55,7 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
     """Build the model from a quantized checkpoint, strictly: every key, shape and quantized dtype is checked."""
     from higgs_audio.checkpoint import OUR_NAMES, TensorSource, check_tensors, safetensors_files
     from higgs_audio.model.higgs import HiggsAudioModel
-    from higgs_audio.model import int8_kernel
+    from higgs_audio.model import cpu_kernels
     from higgs_audio.model.quantize import quantized_class, replace_linears
 
     cls = quantized_class(mode)
@@ -78,7 +78,7 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
             if tensor.dtype != dtype:
                 raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
             fields[field] = tensor.to(device)
-        if packed_int8 and int8_kernel.fits(*linears[name]):
+        if packed_int8 and cpu_kernels.fits(*linears[name]):
             return cls.from_tensors(**fields, packed=True)
         return cls.from_tensors(**fields)
 

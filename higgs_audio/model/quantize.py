@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from higgs_audio.device import cpu_flags
-from higgs_audio.model import int8_kernel
+from higgs_audio.model import cpu_kernels
 
 INT4_GROUP = 128
 _INT4_INNER_K_TILES = 8
 _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector product
 # Up to how many rows an int8 kernel beats dequantising and a dense matmul, measured on an 8192 x 3072 layer
-# with 2 cores. Ours (int8_kernel) without native bf16: at every size (60 against 102 ms at 300 rows, AVX2);
+# with 2 cores. Ours (cpu_kernels) without native bf16: at every size (60 against 102 ms at 300 rows, AVX2);
 # with native bf16 up to about 48 (13.1 against 13.4 ms at 64 rows, 3.5 against 7.8 at 16). torch's
 # kernel, where ours cannot be built: without native bf16 up to 96 (31 against 41 ms at 64 rows, even at
 # 128), with native bf16 up to the decode limit (the dense matmul wins from about 24 rows).
@@ -94,20 +94,20 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, packed: bool = False):
         """``weight``: (out, in) int8, in the plain order or, ``packed``, in our CPU kernel's order (as saved
-        checkpoints hold it for layers that ``int8_kernel.fits``)."""
+        checkpoints hold it for layers that ``cpu_kernels.fits``)."""
         super().__init__()
         self.out_features, self.in_features = n, k = weight.shape
-        self.our_kernel = (weight.device.type == "cpu" and int8_kernel.fits(n, k)
-                           and int8_kernel.library() is not None)
+        self.our_kernel = (weight.device.type == "cpu" and cpu_kernels.fits(n, k)
+                           and cpu_kernels.library() is not None)
         if self.our_kernel:
             # A packed weight read from a saved checkpoint is still copied (no reordering): streamed from the
             # memory-mapped file (4 KB pages) a full-size decode step took 117 ms, from torch's allocation
             # (huge pages) 92-99 (2 AVX2 cores). The copy is also aligned as the kernel's loads need.
-            weight = weight.view(int8_kernel.packed_shape(n, k)).clone() if packed else int8_kernel.pack(weight)
+            weight = weight.view(cpu_kernels.packed_shape(n, k)).clone() if packed else cpu_kernels.pack(weight)
             scales = scales.float()
         else:
             if packed:
-                weight = int8_kernel.unpacked(weight.view(int8_kernel.packed_shape(n, k))).reshape(n, k)
+                weight = cpu_kernels.unpacked(weight.view(cpu_kernels.packed_shape(n, k))).reshape(n, k)
             if weight.device.type == "cpu" and weight.data_ptr() % _CPU_ALIGN:
                 # torch's CPU int8 kernel crashes on a weight that is not 64-byte aligned once it gets 3 or
                 # more rows (torch 2.13); tensors read from a safetensors file sit at arbitrary offsets.
@@ -135,9 +135,9 @@ class Int8Linear(nn.Module):
         """``quantize``'s tensors as a checkpoint stores them: weights that fit our CPU kernel in its order, so
         that a CPU loads them without reordering (elsewhere the plain order is restored at load)."""
         n, k = fields["weight"].shape
-        if not int8_kernel.fits(n, k):
+        if not cpu_kernels.fits(n, k):
             return fields
-        return {**fields, "weight": int8_kernel.pack(fields["weight"]).view(n, k)}
+        return {**fields, "weight": cpu_kernels.pack(fields["weight"]).view(n, k)}
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int8Linear:
@@ -162,11 +162,11 @@ class Int8Linear(nn.Module):
                 # its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
                 weight = self.weight.to(dtype)
             else:
-                plain = int8_kernel.unpacked(self.weight) if self.our_kernel else self.weight
+                plain = cpu_kernels.unpacked(self.weight) if self.our_kernel else self.weight
                 weight = _widened(plain, dtype).view(self.out_features, self.in_features)
             out = F.linear(flat.to(dtype), weight.mul_(self.scales.to(dtype)[:, None]))
         elif self.our_kernel:
-            out = int8_kernel.matmul(flat, self.weight, self.scales)
+            out = cpu_kernels.matmul(flat, self.weight, self.scales)
         else:
             out = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight, self.scales)
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from higgs_audio.config import ModelConfig
+from higgs_audio.model import cpu_kernels
 
 AudioSelect = bool | torch.Tensor
 
@@ -147,6 +148,8 @@ class Attention(nn.Module):
         """Attention of one query per row, each key/value head serving its group of query heads in one batched
         matmul: SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
         bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32."""
+        if cpu_kernels.attends(q, keys, values):
+            return cpu_kernels.decode_attention(q, keys, values, bias, self.head_dim**-0.5)
         b, kv_heads = q.shape[0], keys.shape[1]
         grouped = q.reshape(b, kv_heads, self.num_heads // kv_heads, self.head_dim)
         scores = torch.add(bias, grouped @ keys.transpose(-1, -2), alpha=self.head_dim**-0.5)

@@ -89,10 +89,10 @@ def test_int8_with_our_cpu_kernel_agrees_with_fp32(small_dir, reference_logits, 
     import higgs_audio.model.quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
-    assert quantize_module.int8_kernel.library() is not None, "a C compiler is needed to build the int8 kernel"
+    assert quantize_module.cpu_kernels.library() is not None, "a C compiler is needed to build the int8 kernel"
     calls = []
-    real = quantize_module.int8_kernel.matmul
-    monkeypatch.setattr(quantize_module.int8_kernel, "matmul", lambda x, *a: calls.append(len(x)) or real(x, *a))
+    real = quantize_module.cpu_kernels.matmul
+    monkeypatch.setattr(quantize_module.cpu_kernels, "matmul", lambda x, *a: calls.append(len(x)) or real(x, *a))
     monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda *a: pytest.fail("torch's int8 kernel was used"))
     logits = _teacher_forced_logits(small_dir, quantize="int8")
     assert calls and max(calls) > 200  # the prompt and its 200 frames in one pass
@@ -149,7 +149,7 @@ def test_cpu_without_native_bf16_computes_prefill_in_fp32(small_dir, reference_l
     widened = []
     real_widened = quantize_module._widened
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(quantize_module.int8_kernel, "library", lambda: None)
+    monkeypatch.setattr(quantize_module.cpu_kernels, "library", lambda: None)
     monkeypatch.setattr(quantize_module, "_widened", lambda w, d: widened.append(d) or real_widened(w, d))
     for load in (dict(dtype="auto"), dict(quantize="int8")):
         widened.clear()
@@ -167,7 +167,7 @@ def test_int8_uses_torch_kernel_while_it_beats_dequantising(monkeypatch, native,
     import higgs_audio.model.quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(quantize_module.int8_kernel, "library", lambda: None)
+    monkeypatch.setattr(quantize_module.cpu_kernels, "library", lambda: None)
     calls, real = [], torch._weight_int8pack_mm
     monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
     g = torch.Generator().manual_seed(0)

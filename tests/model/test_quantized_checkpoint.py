@@ -104,9 +104,9 @@ def test_unknown_format_is_refused(saved, tmp_path):
 
 def test_saved_int8_is_not_reordered_where_our_kernel_runs(saved, monkeypatch):
     """The copy holds int8 weights in our CPU kernel's order: loading them packs nothing."""
-    from higgs_audio.model import int8_kernel
+    from higgs_audio.model import cpu_kernels
 
-    monkeypatch.setattr(int8_kernel, "pack", lambda w: pytest.fail("a saved weight was packed again at load"))
+    monkeypatch.setattr(cpu_kernels, "pack", lambda w: pytest.fail("a saved weight was packed again at load"))
     model, _, _ = load_model(saved["int8"], device="cpu")
     assert model.layers[0].mlp.up_proj.our_kernel
 
@@ -114,9 +114,9 @@ def test_saved_int8_is_not_reordered_where_our_kernel_runs(saved, monkeypatch):
 def test_saved_int8_loads_without_our_kernel(small_dir, saved, monkeypatch):  # noqa: F811
     """Where our kernel cannot run (no compiler; CUDA) the packed order is undone at load: the model equals the
     one quantized at load with torch's kernels."""
-    from higgs_audio.model import int8_kernel
+    from higgs_audio.model import cpu_kernels
 
-    monkeypatch.setattr(int8_kernel, "library", lambda: None)
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     model, _, _ = load_model(saved["int8"], device="cpu")
     assert not model.layers[0].mlp.up_proj.our_kernel
     assert torch.equal(_teacher_forced_logits(saved["int8"]), _teacher_forced_logits(small_dir, quantize="int8"))
@@ -124,12 +124,12 @@ def test_saved_int8_loads_without_our_kernel(small_dir, saved, monkeypatch):  # 
 
 def test_format_1_copies_in_plain_order_still_load(saved, tmp_path):
     """Copies written before format 2 hold every int8 weight in the plain order."""
-    from higgs_audio.model import int8_kernel
+    from higgs_audio.model import cpu_kernels
 
     def plain(tensors):
         for key, t in tensors.items():
-            if t.dtype == torch.int8 and int8_kernel.fits(*t.shape):
-                tensors[key] = int8_kernel.unpacked(t.view(int8_kernel.packed_shape(*t.shape))).reshape(t.shape)
+            if t.dtype == torch.int8 and cpu_kernels.fits(*t.shape):
+                tensors[key] = cpu_kernels.unpacked(t.view(cpu_kernels.packed_shape(*t.shape))).reshape(t.shape)
 
     copy = _tampered(saved["int8"], tmp_path, plain)
     (copy / QUANTIZATION_FILE).write_text(json.dumps({"format": 1, "mode": "int8"}))

@@ -1,12 +1,14 @@
-"""Our weight-only int8 matrix product for x86 CPUs (``int8_matmul.c``), built with the system C compiler.
+"""Our CPU kernels (``cpu_kernels.c``), built with the system C compiler at first use: a weight-only int8
+matrix product and the two products of decode attention.
 
 torch's CPU int8 kernel reads weights at ~19 GB/s on two AVX2 cores, about half of what a bf16 product
-streams, so int8 decode gained little over bf16. This one reads ~28 GB/s and multiplies in int16 (twice the
+streams, so int8 decode gained little over bf16. Ours reads ~28 GB/s and multiplies in int16 (twice the
 products per instruction of fp32), which also makes it faster than dequantising for a 300-token prefill.
+torch's decode attention spends its time setting up many small matmuls; ours reads the cache once.
 
-It is compiled once per source and compiler into the cache folder (about a second) and loaded with ctypes,
-which releases the GIL during the call. Without an x86 CPU with AVX2 and FMA, or without a working C
-compiler (``$CC``, else ``cc``), ``library()`` is None and int8 layers use torch's kernel instead.
+They are compiled once per source and compiler into the cache folder (about a second) and loaded with
+ctypes, which releases the GIL during each call. Without an x86 CPU with AVX2 and FMA, or without a working
+C compiler (``$CC``, else ``cc``), ``library()`` is None and torch's kernels run instead.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from higgs_audio.device import cpu_flags
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("int8_matmul.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-fno-math-errno", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-ROWS, LANES = 4, 16  # the packed layout: int8_matmul.c's ROWS and LANES
+ROWS, LANES = 4, 16  # the packed layout: cpu_kernels.c's ROWS and LANES
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -52,31 +54,37 @@ def _build(compiler: str, target: Path) -> None:
 def library() -> ctypes.CDLL | None:
     """The built kernel, or None where it cannot run here (the reason is logged once)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= (cpu_flags() or set()):
-        log.info("int8 kernel: needs an x86 CPU with AVX2 and FMA; using torch's int8 kernel")
+        log.info("CPU kernels: need an x86 CPU with AVX2 and FMA; using torch's")
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
-        log.warning("int8 kernel: no C compiler found (set CC or install gcc); int8 on this CPU runs torch's "
-                    "slower kernel")
+        log.warning("CPU kernels: no C compiler found (set CC or install gcc); int8 and decode attention on "
+                    "this CPU run torch's slower kernels")
         return None
     from higgs_audio.voices import default_kernel_dir
 
     digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
-    path = default_kernel_dir() / f"int8_matmul-{digest}.so"
+    path = default_kernel_dir() / f"cpu_kernels-{digest}.so"
     try:
         if not path.exists():
             _build(compiler, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or e
-        log.warning("int8 kernel: could not build or load %s (%s); int8 on this CPU runs torch's slower kernel",
-                    path, str(detail).strip()[:500])
+        log.warning("CPU kernels: could not build or load %s (%s); int8 and decode attention on this CPU run "
+                    "torch's slower kernels", path, str(detail).strip()[:500])
         return None
     lib.int8_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.int8_matmul.restype = ctypes.c_int
     lib.int8_pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.int8_pack.restype = None
+    for name in ("attention_scores", "attention_values"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                       *([ctypes.c_float] if name == "attention_scores" else []), ctypes.c_void_p,
+                                       ctypes.c_int]
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -117,4 +125,31 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch
     if m and library().int8_matmul(x.data_ptr(), m, k, packed.data_ptr(), scales.data_ptr(), n, out.data_ptr(),
                                    torch.get_num_threads()):
         raise MemoryError(f"int8 kernel: no memory for a {m} x {k} int16 copy of the input")
+    return out
+
+
+def attends(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether ``decode_attention`` serves these tensors: fp32 on an x86 CPU where the kernels are built,
+    each position's key and value rows contiguous."""
+    d = q.shape[-1]
+    return (q.device.type == "cpu" and q.dtype == keys.dtype == values.dtype == torch.float32 and d % 8 == 0
+            and all(t.stride(-1) == 1 and t.stride(-2) == d for t in (keys, values)) and library() is not None)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """Attention of one query per stream: ``q`` (b, heads, 1, d), ``keys``/``values`` (b, kv_heads, kv_len, d)
+    views of the cache, ``bias`` (b, 1, 1, kv_len) additive. Softmax in between is torch's (one kernel)."""
+    b, heads, _, d = q.shape
+    kv_heads, kv_len = keys.shape[1], keys.shape[2]
+    q = q.contiguous()
+    scores = torch.empty(b, heads, kv_len)
+    threads = torch.get_num_threads()
+    lib = library()
+    lib.attention_scores(q.data_ptr(), b, heads, heads // kv_heads, d, keys.data_ptr(), keys.stride(0),
+                         keys.stride(1), kv_len, scale, scores.data_ptr(), threads)
+    probs = torch.add(bias.reshape(bias.shape[0], 1, kv_len), scores).softmax(-1)
+    out = torch.empty(b, heads, 1, d)
+    lib.attention_values(probs.data_ptr(), b, heads, heads // kv_heads, d, values.data_ptr(), values.stride(0),
+                         values.stride(1), kv_len, out.data_ptr(), threads)
     return out

@@ -1,4 +1,5 @@
-"""Our CPU int8 matrix product (built from C at first use) against exact fp32 arithmetic."""
+"""Our CPU kernels (built from C at first use): the int8 matrix product against exact arithmetic, decode
+attention against torch's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from higgs_audio.model import int8_kernel
+from higgs_audio.model import cpu_kernels
 from higgs_audio.model.quantize import Int8Linear
 from tests.model.test_quantize import HAS_AVX2
 
@@ -19,7 +20,7 @@ def _exact(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch
 
 
 def _product(x, weight, scales):
-    return int8_kernel.matmul(x, int8_kernel.pack(weight), scales.float())
+    return cpu_kernels.matmul(x, cpu_kernels.pack(weight), scales.float())
 
 
 @pytest.mark.parametrize("n, k", [(4, 16), (64, 96), (8, 272), (256, 1024)])
@@ -39,10 +40,10 @@ def test_product_matches_exact_arithmetic(m, n, k):
 
 def test_packing_interleaves_four_rows_and_unpacks():
     weight = torch.arange(8 * 48, dtype=torch.int32).remainder(251).sub(125).to(torch.int8).reshape(8, 48)
-    packed = int8_kernel.pack(weight)
+    packed = cpu_kernels.pack(weight)
     assert packed.shape == (2, 3, 4, 16) and packed.data_ptr() % 32 == 0
     assert torch.equal(packed[1, 2, 3], weight[1 * 4 + 3, 2 * 16 : 3 * 16])
-    assert torch.equal(int8_kernel.unpacked(packed).reshape(8, 48), weight)
+    assert torch.equal(cpu_kernels.unpacked(packed).reshape(8, 48), weight)
 
 
 def test_long_rows_of_extreme_values_do_not_overflow():
@@ -106,31 +107,31 @@ def test_a_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, cap
     monkeypatch.setenv("HIGGS_AUDIO_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "/bin/false")
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: False)
-    int8_kernel.library.cache_clear()
+    cpu_kernels.library.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="higgs_audio.model.int8_kernel"):
-            assert int8_kernel.library() is None
+        with caplog.at_level(logging.WARNING, logger="higgs_audio.model.cpu_kernels"):
+            assert cpu_kernels.library() is None
             layer = Int8Linear.from_float(torch.randn(64, 32))
-        assert "could not build" in caplog.text and "torch's slower kernel" in caplog.text
+        assert "could not build" in caplog.text and "torch's slower kernels" in caplog.text
         assert not layer.our_kernel
         assert not list((tmp_path / "kernels").iterdir())
     finally:
-        int8_kernel.library.cache_clear()
+        cpu_kernels.library.cache_clear()
 
 
 def test_the_kernel_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HIGGS_AUDIO_CACHE", str(tmp_path))
-    int8_kernel.library.cache_clear()
+    cpu_kernels.library.cache_clear()
     try:
-        assert int8_kernel.library() is not None
+        assert cpu_kernels.library() is not None
         built = list((tmp_path / "kernels").iterdir())
         assert len(built) == 1 and built[0].suffix == ".so"
         stamp = built[0].stat().st_mtime_ns
-        int8_kernel.library.cache_clear()
-        assert int8_kernel.library() is not None
+        cpu_kernels.library.cache_clear()
+        assert cpu_kernels.library() is not None
         assert built[0].stat().st_mtime_ns == stamp
     finally:
-        int8_kernel.library.cache_clear()
+        cpu_kernels.library.cache_clear()
 
 
 @pytest.mark.parametrize("native, kernel_rows", [(False, [1, 48, 49, 200]), (True, [1, 48])])
@@ -140,8 +141,8 @@ def test_layers_use_our_kernel_while_it_beats_dequantising(monkeypatch, native, 
     import higgs_audio.model.quantize as quantize_module
 
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: native)
-    calls, real = [], int8_kernel.matmul
-    monkeypatch.setattr(int8_kernel, "matmul", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
+    calls, real = [], cpu_kernels.matmul
+    monkeypatch.setattr(cpu_kernels, "matmul", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
     g = torch.Generator().manual_seed(3)
     w, x = torch.randn(256, 128, generator=g), torch.randn(200, 128, generator=g)
     layer = Int8Linear.from_float(w)
@@ -150,3 +151,51 @@ def test_layers_use_our_kernel_while_it_beats_dequantising(monkeypatch, native, 
         exact = x[:rows] @ w.t()
         assert ((layer(x[:rows]) - exact).norm() / exact.norm()).item() < 0.01, rows
     assert calls == kernel_rows
+
+
+def _torch_decode_attention(monkeypatch, *args):
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_kernels, "attends", lambda *a: False)
+        return _attention_module(*args[:3])._decode_attention(*args[3:])
+
+
+def _attention_module(heads, kv_heads, d):
+    from higgs_audio.model.transformer import Attention
+
+    module = Attention.__new__(Attention)
+    torch.nn.Module.__init__(module)
+    module.num_heads, module.num_kv_heads, module.head_dim = heads, kv_heads, d
+    return module
+
+
+@pytest.mark.parametrize("streams, heads, kv_heads, d, kv_len", [(1, 24, 8, 128, 400), (4, 24, 8, 128, 333),
+                                                                  (3, 4, 2, 16, 37), (2, 6, 6, 40, 5)])
+def test_decode_attention_matches_torch(monkeypatch, streams, heads, kv_heads, d, kv_len):
+    """Grouped heads, head sizes with and without whole 32-wide chunks, views of a longer cache, and each
+    stream at its own position (later slots masked by the bias)."""
+    from higgs_audio.model.transformer import attention_bias
+
+    g = torch.Generator().manual_seed(streams * 100 + d)
+    cache_k, cache_v = (torch.randn(streams, kv_heads, kv_len + 20, d, generator=g) for _ in range(2))
+    keys, values = cache_k[:, :, :kv_len], cache_v[:, :, :kv_len]
+    q = torch.randn(streams, heads + kv_heads, 1, d, generator=g)[:, :heads]  # a view, as in the model
+    positions = torch.randint(0, kv_len - 1, (streams, 1), generator=g)  # the last slot is masked for all
+    bias = attention_bias(positions, kv_len, torch.float32)
+    module = _attention_module(heads, kv_heads, d)
+    assert cpu_kernels.attends(q, keys, values)
+    ours = module._decode_attention(q, keys, values, bias)
+    expected = _torch_decode_attention(monkeypatch, heads, kv_heads, d, q, keys, values, bias)
+    assert ours.shape == expected.shape == (streams, heads, 1, d)
+    assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5)
+    # only the visible slots count: changing a masked one changes nothing
+    cache_v[:, :, positions.max() + 1 :] = 1e6
+    assert torch.allclose(module._decode_attention(q, keys, values, bias), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_attention_is_only_taken_for_fp32_rows():
+    q = torch.randn(1, 4, 1, 16)
+    keys = torch.randn(1, 2, 9, 16)
+    assert cpu_kernels.attends(q, keys, keys)
+    assert not cpu_kernels.attends(q.bfloat16(), keys.bfloat16(), keys.bfloat16())
+    assert not cpu_kernels.attends(q, keys.transpose(-1, -2).contiguous().transpose(-1, -2), keys)
+    assert not cpu_kernels.attends(torch.randn(1, 4, 1, 12), torch.randn(1, 2, 9, 12), torch.randn(1, 2, 9, 12))
