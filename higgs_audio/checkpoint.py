@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -72,6 +73,8 @@ def fingerprint(directory: Path, *options) -> str:
 
 INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
+SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.bfloat16: "BF16", torch.float16: "F16",
+                      torch.float32: "F32"}
 PADDING_PREFIX = "__padding__."  # alignment filler in the files we write (quantized copies), not a tensor
 # Training wrappers store some matrices as a frozen and a trainable part, concatenated along rows (frozen first).
 _SPLIT_PARTS = (("embedding_frozen", "embedding_trainable"), ("linear_frozen", "linear_trainable"))
@@ -131,6 +134,7 @@ class TensorSource:
 
     def __init__(self, files: list[Path], source_format: str):
         self._handles = {f: _open(f) for f in files}
+        self._headers: dict[Path, tuple[int, dict]] = {}  # data start and header, for read()
         self.parts: dict[str, list[tuple[Path, str]]] = {}
         split: dict[str, dict[str, tuple[Path, str]]] = {}
         for f, h in self._handles.items():
@@ -167,6 +171,28 @@ class TensorSource:
 
     def origin(self, name: str) -> str:
         return " + ".join(f"{f}:{k!r}" for f, k in self.parts[name])
+
+    def read(self, name: str) -> torch.Tensor:
+        """A copy in this process's own memory, read from the file instead of mapped (mapped pages count in
+        its resident memory for as long as the file stays open, and are 4 KB pages)."""
+        if len(self.parts[name]) > 1:
+            return self.get(name)  # joined parts: a copy already
+        path, key = self.parts[name][0]
+        if path not in self._headers:
+            with open(path, "rb") as f:
+                size = struct.unpack("<Q", f.read(8))[0]
+                self._headers[path] = (8 + size, json.loads(f.read(size)))
+        start, header = self._headers[path]
+        entry = header[key]
+        begin, end = entry["data_offsets"]
+        dtypes = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
+        out = torch.empty(entry["shape"], dtype=dtypes[entry["dtype"]])
+        with open(path, "rb") as f:
+            f.seek(start + begin)
+            got = f.readinto(out.view(-1).view(torch.uint8).numpy())
+        if got != end - begin:
+            raise CheckpointError(f"cannot read {self.origin(name)}: the file ends early (truncated?)")
+        return out
 
     def get(self, name: str) -> torch.Tensor:
         try:

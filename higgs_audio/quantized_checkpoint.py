@@ -74,7 +74,10 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
         fields = {}
         for field in cls.FIELDS:
             key = f"{name}.{field}"
-            tensor, (_, dtype) = source.get(key), specs[key]
+            # Read into memory on a CPU, not mapped: int8 decode from mapped pages was 18-25 % slower (4 KB
+            # pages), and mapped pages stay in the resident set as long as the file is open.
+            tensor = source.read(key) if device.type == "cpu" else source.get(key)
+            dtype = specs[key][1]
             if tensor.dtype != dtype:
                 raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
             fields[field] = tensor.to(device)
@@ -87,15 +90,13 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
 
 
 _ALIGN = 64  # bytes: torch's CPU int8 kernel needs weights aligned like this
-_SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.bfloat16: "BF16", torch.float16: "F16",
-                       torch.float32: "F32"}
 
 
 def _write_aligned(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write a safetensors file whose tensors all start at ``_ALIGN``-byte offsets in the file. The format
     allows no gaps between tensors, so alignment gaps are filled by ``PADDING_PREFIX`` entries, which
     readers of our checkpoints skip; the header itself is padded with spaces, as the format allows."""
-    from higgs_audio.checkpoint import PADDING_PREFIX
+    from higgs_audio.checkpoint import PADDING_PREFIX, SAFETENSORS_DTYPES
 
     header: dict = {"__metadata__": metadata}
     pieces: list[torch.Tensor] = []
@@ -108,7 +109,7 @@ def _write_aligned(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
                                                        "data_offsets": [offset, offset + gap]}
             offset += gap
         data = tensor.contiguous().view(-1).view(torch.uint8)
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
                         "data_offsets": [offset, offset + data.numel()]}
         pieces.append(data)
         offset += data.numel()

@@ -100,10 +100,9 @@ class Int8Linear(nn.Module):
         self.our_kernel = (weight.device.type == "cpu" and cpu_kernels.fits(n, k)
                            and cpu_kernels.library() is not None)
         if self.our_kernel:
-            # A packed weight read from a saved checkpoint is still copied (no reordering): streamed from the
-            # memory-mapped file (4 KB pages) a full-size decode step took 117 ms, from torch's allocation
-            # (huge pages) 92-99 (2 AVX2 cores). The copy is also aligned as the kernel's loads need.
-            weight = weight.view(cpu_kernels.packed_shape(n, k)).clone() if packed else cpu_kernels.pack(weight)
+            weight = weight.view(cpu_kernels.packed_shape(n, k)) if packed else cpu_kernels.pack(weight)
+            if weight.data_ptr() % 32:  # the kernel's aligned loads
+                weight = weight.clone()
             scales = scales.float()
         else:
             if packed:

@@ -134,3 +134,24 @@ def test_format_1_copies_in_plain_order_still_load(saved, tmp_path):
     copy = _tampered(saved["int8"], tmp_path, plain)
     (copy / QUANTIZATION_FILE).write_text(json.dumps({"format": 1, "mode": "int8"}))
     assert torch.equal(_teacher_forced_logits(copy), _teacher_forced_logits(saved["int8"]))
+
+
+def test_tensors_read_into_memory_equal_the_mapped_ones(saved, tmp_path):
+    """A CPU load reads quantized weights with file reads (not mapped: faster to decode from, and not held in
+    the resident set by the open file); they must be the same bytes, and a short file is named."""
+    import shutil
+
+    from higgs_audio.checkpoint import OUR_NAMES, TensorSource
+
+    for mode in ("int8", "int4"):
+        source = TensorSource([saved[mode] / WEIGHTS_FILE], OUR_NAMES)
+        for name in source.parts:
+            read, mapped = source.read(name), source.get(name)
+            assert read.dtype == mapped.dtype and torch.equal(read.view(torch.uint8), mapped.view(torch.uint8))
+    copy = shutil.copytree(saved["int8"], tmp_path / "short")
+    data = (copy / WEIGHTS_FILE).read_bytes()
+    source = TensorSource([copy / WEIGHTS_FILE], OUR_NAMES)
+    (copy / WEIGHTS_FILE).write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match="ends early"):
+        for name in source.parts:
+            source.read(name)
