@@ -71,6 +71,24 @@ void int8_pack(const int8_t *w, int64_t n, int64_t k, int8_t *packed, int thread
                 memcpy(packed + ((b * slices + s) * ROWS + r) * LANES, w + (b * ROWS + r) * k + s * LANES, LANES);
 }
 
+/* The inverse of int8_pack, widened to bf16 (exact: every int8 is a bf16) for a dense matmul. */
+void int8_unpack_bf16(const int8_t *packed, int64_t n, int64_t k, uint16_t *w, int threads) {
+    int64_t slices = k / LANES;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < n / ROWS; b++)
+        for (int64_t s = 0; s < slices; s++)
+            for (int r = 0; r < ROWS; r++) {
+                const int8_t *src = packed + ((b * slices + s) * ROWS + r) * LANES;
+                uint16_t *dst = w + (b * ROWS + r) * k + s * LANES;
+                for (int l = 0; l < LANES; l++) {
+                    float f = src[l];
+                    uint32_t bits;
+                    memcpy(&bits, &f, sizeof bits);
+                    dst[l] = (uint16_t)(bits >> 16);
+                }
+            }
+}
+
 /* Per calling thread, reused: the int16 copy of x and its row scales. */
 static __thread int16_t *xq_buffer;
 static __thread float *xscale_buffer;

@@ -79,6 +79,8 @@ def library() -> ctypes.CDLL | None:
     lib.int8_matmul.restype = ctypes.c_int
     lib.int8_pack.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.int8_pack.restype = None
+    lib.int8_unpack_bf16.argtypes = lib.int8_pack.argtypes
+    lib.int8_unpack_bf16.restype = None
     for name in ("attention_scores", "attention_values"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
@@ -114,6 +116,15 @@ def unpacked(packed: torch.Tensor) -> torch.Tensor:
     """A view of a packed weight in the plain layout, as (n / ROWS, ROWS, k / LANES, LANES): copied into a
     contiguous tensor it reads as the (n, k) weight."""
     return packed.transpose(1, 2)
+
+
+def unpack_bf16(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The plain (n, k) weight of a packed one as bf16, written into ``out`` (n * k bf16 elements): one pass,
+    where torch's strided copy and conversion took over a second longer per full-size prefill."""
+    blocks, slices, rows, lanes = packed.shape
+    plain = out.view(blocks * rows, slices * lanes)
+    library().int8_unpack_bf16(packed.data_ptr(), *plain.shape, plain.data_ptr(), torch.get_num_threads())
+    return plain
 
 
 def matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

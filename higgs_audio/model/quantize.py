@@ -61,16 +61,21 @@ def cpu_has_native_bf16() -> bool:
 _scratch = threading.local()
 
 
-def _widened(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``weight`` converted to ``dtype`` in a reused per-thread buffer: a fresh 50-100 MB allocation per
-    call costs more in page faults than the conversion itself (prefill converts every layer's weights)."""
-    key = (dtype, weight.device)
+def _buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused per-thread buffer of at least ``numel`` elements: a fresh 50-100 MB allocation per call costs
+    more in page faults than the work done in it (prefill converts every layer's weights)."""
+    key = (dtype, device)
     buf = getattr(_scratch, "buffers", {}).get(key)
-    if buf is None or buf.numel() < weight.numel():
+    if buf is None or buf.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: usable both inside and outside inference mode
-            buf = torch.empty(weight.numel(), dtype=dtype, device=weight.device)
+            buf = torch.empty(numel, dtype=dtype, device=device)
         _scratch.buffers = {**getattr(_scratch, "buffers", {}), key: buf}
-    return buf[: weight.numel()].view(weight.shape).copy_(weight)
+    return buf[:numel]
+
+
+def _widened(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` converted to ``dtype`` in a reused per-thread buffer."""
+    return _buffer(weight.numel(), dtype, weight.device).view(weight.shape).copy_(weight)
 
 
 class CompactLinear(nn.Module):
@@ -160,9 +165,10 @@ class Int8Linear(nn.Module):
                 # A plain allocation: the caching allocator makes it cheap, and a captured CUDA graph then owns
                 # its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
                 weight = self.weight.to(dtype)
+            elif self.our_kernel:  # only with native bf16: without, our kernel takes every row count
+                weight = cpu_kernels.unpack_bf16(self.weight, _buffer(self.weight.numel(), torch.bfloat16, x.device))
             else:
-                plain = cpu_kernels.unpacked(self.weight) if self.our_kernel else self.weight
-                weight = _widened(plain, dtype).view(self.out_features, self.in_features)
+                weight = _widened(self.weight, dtype)
             out = F.linear(flat.to(dtype), weight.mul_(self.scales.to(dtype)[:, None]))
         elif self.our_kernel:
             out = cpu_kernels.matmul(flat, self.weight, self.scales)

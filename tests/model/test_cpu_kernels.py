@@ -44,6 +44,7 @@ def test_packing_interleaves_four_rows_and_unpacks():
     assert packed.shape == (2, 3, 4, 16) and packed.data_ptr() % 32 == 0
     assert torch.equal(packed[1, 2, 3], weight[1 * 4 + 3, 2 * 16 : 3 * 16])
     assert torch.equal(cpu_kernels.unpacked(packed).reshape(8, 48), weight)
+    assert torch.equal(cpu_kernels.unpack_bf16(packed, torch.empty(8 * 48, dtype=torch.bfloat16)), weight.bfloat16())
 
 
 def test_long_rows_of_extreme_values_do_not_overflow():
