@@ -94,8 +94,12 @@ class HiggsAudio:
 
         net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize, progress=progress)
         device = next(net.parameters()).device
-        if prefix_cache_dir is not None:  # keys and values depend on the weights, the dtypes and the device kind
+        if prefix_cache_dir is not None:  # keys and values depend on the weights, dtypes, device and kernels
             options = (str(net.compute_dtype), str(next(net.parameters()).dtype), quantize, device.type)
+            if device.type == "cpu":
+                from higgs_audio.model import cpu_kernels
+
+                options += (cpu_kernels.version(),)
             prefix_cache_dir = Path(prefix_cache_dir).expanduser() / fingerprint(directory, *options)
         return cls(
             net,

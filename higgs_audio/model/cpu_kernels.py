@@ -50,21 +50,34 @@ def _build(compiler: str, target: Path) -> None:
             os.unlink(tmp)
 
 
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _digest(compiler: str) -> str:
+    return hashlib.sha256(SOURCE.read_bytes() + "\0".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+
+
+def version() -> str:
+    """Which kernels compute on this CPU, for caches of computed values (a voice's keys and values): our
+    build's digest, or "torch" where it cannot run."""
+    return f"cpu_kernels-{_digest(_compiler())}" if library() is not None else "torch"
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The built kernel, or None where it cannot run here (the reason is logged once)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= (cpu_flags() or set()):
         log.info("CPU kernels: need an x86 CPU with AVX2 and FMA; using torch's")
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = _compiler()
     if not compiler:
         log.warning("CPU kernels: no C compiler found (set CC or install gcc); int8 and decode attention on "
                     "this CPU run torch's slower kernels")
         return None
     from higgs_audio.voices import default_kernel_dir
 
-    digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
-    path = default_kernel_dir() / f"cpu_kernels-{digest}.so"
+    path = default_kernel_dir() / f"cpu_kernels-{_digest(compiler)}.so"
     try:
         if not path.exists():
             _build(compiler, path)

@@ -180,3 +180,18 @@ def test_copied_prefix_feeds_the_cuda_graphs(tiny_original):
     fresh, _, _ = _generate(BatchDecoder(model, tok, max_len=400, compile=True, prefix_cache_mb=0),
                             request("Another one, a little longer.", seed=2))
     assert reused >= 3 * BLOCK and torch.equal(columns.cpu(), fresh.cpu())
+
+
+def test_prefix_folder_names_the_cpu_kernels(tiny_original, tiny_codec, tmp_path, monkeypatch):
+    """Keys and values kept on disk by one build of our CPU kernels (or torch's) are not read by another: the
+    int8 kernels differ in rounding, and a cached prefix must equal the one the model would compute now."""
+    from higgs_audio.api import HiggsAudio
+    from higgs_audio.model import cpu_kernels
+
+    def folder(version):
+        monkeypatch.setattr(cpu_kernels, "version", lambda: version)
+        api = HiggsAudio.from_pretrained(tiny_original, tiny_codec, device="cpu", prefix_cache_dir=tmp_path)
+        return api.decoder.prefixes.directory
+
+    assert folder("torch") == folder("torch") != folder("cpu_kernels-0123")
+    assert folder("torch").parent == tmp_path

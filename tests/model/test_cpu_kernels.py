@@ -200,3 +200,10 @@ def test_decode_attention_is_only_taken_for_fp32_rows():
     assert not cpu_kernels.attends(q.bfloat16(), keys.bfloat16(), keys.bfloat16())
     assert not cpu_kernels.attends(q, keys.transpose(-1, -2).contiguous().transpose(-1, -2), keys)
     assert not cpu_kernels.attends(torch.randn(1, 4, 1, 12), torch.randn(1, 2, 9, 12), torch.randn(1, 2, 9, 12))
+
+
+def test_version_names_the_build_or_torch(monkeypatch):
+    built = cpu_kernels.version()
+    assert built.startswith("cpu_kernels-") and built == cpu_kernels.version()
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    assert cpu_kernels.version() == "torch"
