@@ -50,6 +50,13 @@ def _build(compiler: str, target: Path) -> None:
             os.unlink(tmp)
 
 
+def _torch_uses_libgomp() -> bool:
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
@@ -69,6 +76,11 @@ def library() -> ctypes.CDLL | None:
     """The built kernel, or None where it cannot run here (the reason is logged once)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= (cpu_flags() or set()):
         log.info("CPU kernels: need an x86 CPU with AVX2 and FMA; using torch's")
+        return None
+    if not _torch_uses_libgomp():
+        # Our threads come from libgomp; beside another OpenMP runtime (a conda build's Intel OpenMP) both
+        # thread pools would compete for the cores.
+        log.info("CPU kernels: torch runs another OpenMP runtime than libgomp; using torch's kernels")
         return None
     compiler = _compiler()
     if not compiler:

@@ -207,3 +207,12 @@ def test_version_names_the_build_or_torch(monkeypatch):
     assert built.startswith("cpu_kernels-") and built == cpu_kernels.version()
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     assert cpu_kernels.version() == "torch"
+
+
+def test_another_openmp_runtime_than_torchs_libgomp_keeps_torchs_kernels(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_torch_uses_libgomp", lambda: False)
+    cpu_kernels.library.cache_clear()
+    try:
+        assert cpu_kernels.library() is None
+    finally:
+        cpu_kernels.library.cache_clear()
