@@ -73,7 +73,7 @@ def version() -> str:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The built kernel, or None where it cannot run here (the reason is logged once)."""
+    """The built kernels, or None where they cannot run here (the reason is logged once)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= (cpu_flags() or set()):
         log.info("CPU kernels: need an x86 CPU with AVX2 and FMA; using torch's")
         return None
