@@ -111,6 +111,7 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
 
     if config.endswith("-eager"):  # on CUDA, the same configuration without CUDA graphs: their gain
         config, compile = config.removesuffix("-eager"), False
+    config = config.removesuffix("-torch")  # run with our CPU kernels switched off (main() sets the switch)
     if config.endswith("-saved"):  # the copy written by save_quantized: loads without quantizing
         weights, config = weights.parent / f"generation-full-{config}", "auto"
     dtype, quantize = {"auto": ("auto", None), "bf16": ("bfloat16", None), "int8": ("auto", "int8"),
@@ -263,7 +264,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", default="auto,int8",
                         help="ours: auto, bf16, int8, int4, int8-saved, int4-saved (comma-separated; -saved loads a "
-                             "copy written once by save_quantized), each optionally + -eager")
+                             "copy written once by save_quantized), each optionally + -eager (CUDA graphs off) or "
+                             "-torch (our CPU kernels off)")
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
     parser.add_argument("--compile", action="store_true",
@@ -293,7 +295,7 @@ def main() -> None:
 
     write_weights(args.cache_dir, args.device)
     configs = args.configs.split(",") + ([] if args.skip_port else ["port"])
-    for config in configs:
+    for config in {c.removesuffix("-torch") for c in configs}:
         if config.endswith("-saved") and not (args.cache_dir / f"generation-full-{config}").exists():
             print(f"writing the {config} copy ...", file=sys.stderr)
             subprocess.run([sys.executable, __file__, "--worker", f"save-{config}", "--cache-dir", str(args.cache_dir)],
@@ -306,6 +308,8 @@ def main() -> None:
         env = dict(os.environ)
         if args.cpu_isa:
             env.update(ONEDNN_MAX_CPU_ISA=args.cpu_isa.upper(), ATEN_CPU_CAPABILITY=args.cpu_isa.lower())
+        if config.endswith("-torch"):
+            env["HIGGS_AUDIO_CPU_KERNELS"] = "0"
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -317,15 +321,15 @@ def main() -> None:
     isa = f", CPU kernels capped to {args.cpu_isa}" if args.cpu_isa else ""
     print(f"\ndevice {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}{isa}")
     port = results.get("port", {})
-    header = (f"{'config':10} {'load s':>7} {'prefill s':>10} {'decode f/s':>11} {'first frame s':>14} "
+    header = (f"{'config':16} {'load s':>7} {'prefill s':>10} {'decode f/s':>11} {'first frame s':>14} "
               f"{'same voice s':>13} {'peak GiB':>9}")
     print(header + "".join(f" {f'{n} streams f/s':>15}" for n in streams))
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:10} error: {r['error']}")
+            print(f"{name:16} error: {r['error']}")
             continue
         same_voice = f"{r['cached_voice_first_frame_s']:13.2f}" if "cached_voice_first_frame_s" in r else f"{'-':>13}"
-        row = (f"{name:10} {r['load_s']:7.1f} {r['prefill_s']:10.2f} {r['decode_frames_per_s']:11.2f} "
+        row = (f"{name:16} {r['load_s']:7.1f} {r['prefill_s']:10.2f} {r['decode_frames_per_s']:11.2f} "
                f"{r['first_frame_s']:14.2f} {same_voice} {r['peak_memory_gib']:9.2f}")
         row += "".join(f" {r[f'streams_{n}']['frames_per_s']:15.2f}" if f"streams_{n}" in r else f" {'-':>15}" for n in streams)
         print(row)

@@ -8,7 +8,8 @@ torch's decode attention spends its time setting up many small matmuls; ours rea
 
 They are compiled once per source and compiler into the cache folder (about a second) and loaded with
 ctypes, which releases the GIL during each call. Without an x86 CPU with AVX2 and FMA, or without a working
-C compiler (``$CC``, else ``cc``), ``library()`` is None and torch's kernels run instead.
+C compiler (``$CC``, else ``cc``), or with ``HIGGS_AUDIO_CPU_KERNELS=0``, ``library()`` is None and torch's
+kernels run instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-fno-math-errno", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
 ROWS, LANES = 4, 16  # the packed layout: cpu_kernels.c's ROWS and LANES
+SWITCH = "HIGGS_AUDIO_CPU_KERNELS"  # "0": torch's kernels only (to compare, or to rule ours out)
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -76,6 +78,9 @@ def library() -> ctypes.CDLL | None:
     """The built kernels, or None where they cannot run here (the reason is logged once)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx2", "fma"} <= (cpu_flags() or set()):
         log.info("CPU kernels: need an x86 CPU with AVX2 and FMA; using torch's")
+        return None
+    if os.environ.get(SWITCH) == "0":
+        log.info("CPU kernels: switched off by %s=0; using torch's", SWITCH)
         return None
     if not _torch_uses_libgomp():
         # Our threads come from libgomp; beside another OpenMP runtime (a conda build's Intel OpenMP) both

@@ -216,3 +216,13 @@ def test_another_openmp_runtime_than_torchs_libgomp_keeps_torchs_kernels(monkeyp
         assert cpu_kernels.library() is None
     finally:
         cpu_kernels.library.cache_clear()
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("HIGGS_AUDIO_CPU_KERNELS", "0")
+    cpu_kernels.library.cache_clear()
+    try:
+        assert cpu_kernels.library() is None
+        assert not Int8Linear.from_float(torch.randn(64, 32)).our_kernel
+    finally:
+        cpu_kernels.library.cache_clear()
