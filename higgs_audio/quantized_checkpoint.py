@@ -73,15 +73,25 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
 
     # Read into memory on a CPU, not mapped: int8 decode from mapped pages was 18-25 % slower (4 KB pages),
     # and mapped pages stay in the resident set as long as the file is open. Two readers: most of a read is
-    # page faults on the fresh memory, which each thread takes on its own core.
+    # page faults on the fresh memory, which each thread takes on its own core. They keep a few tensors ahead
+    # of the layers being built, not all: a layer that copies its tensors (no CPU kernel) would hold both.
     pool = ThreadPoolExecutor(2) if device.type == "cpu" else None
-    reads = {key: pool.submit(source.read, key) for key in specs} if pool else {}
+    order, reads = list(specs), {}  # specs follow the modules' order, as replace_linears visits them
+
+    def take(key: str) -> torch.Tensor:
+        if pool is None:
+            return source.get(key)
+        i = order.index(key)
+        for ahead in order[i : i + _READ_AHEAD]:  # keys before i are taken already
+            if ahead not in reads:
+                reads[ahead] = pool.submit(source.read, ahead)
+        return reads.pop(key).result()
 
     def read(name: str, linear: nn.Linear) -> nn.Module:
         fields = {}
         for field in cls.FIELDS:
             key = f"{name}.{field}"
-            tensor = reads.pop(key).result() if pool else source.get(key)
+            tensor = take(key)
             dtype = specs[key][1]
             if tensor.dtype != dtype:
                 raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
@@ -98,6 +108,7 @@ def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storag
     return model
 
 
+_READ_AHEAD = 8  # quantized tensors read ahead of the layer being built (a few layers' worth)
 _ALIGN = 64  # bytes: torch's CPU int8 kernel needs weights aligned like this
 
 
