@@ -284,7 +284,8 @@ class BatchDecoder:
                 end = boundary
             audio = merged.audio[None, start:end].to(dev)
             x = self.model.embed(merged.ids[None, start:end].to(dev), merged.codes[None, start:end].to(dev), audio)
-            self.model(x, audio, torch.arange(start, end, device=dev)[None], self._row(slot), kv_len=end)
+            positions = torch.arange(start, end, device=dev)[None]
+            self.model(x, audio, positions, self._row(slot), kv_len=end, keys_values_only=True)
             s.prefilled, done = end, done + end - start
         if s.prefilled == last:
             self.prefixes.store(merged, last, self._row(slot))

@@ -144,6 +144,13 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
+    def write_keys_values(self, x, cos, sin, positions, cache: KVCache, layer: int) -> None:
+        """Only what ``forward`` writes into the cache for x, computed as it does (the same values)."""
+        b, n, _ = x.shape
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cache.write(layer, positions, _apply_rope(k, cos, sin), v)
+
     def _decode_attention(self, q, keys, values, bias) -> torch.Tensor:
         """Attention of one query per row, each key/value head serving its group of query heads in one batched
         matmul: SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
@@ -206,6 +213,16 @@ class DecoderLayer(nn.Module):
             lambda z: self.mlp(self.post_attention_layernorm(z)),
             lambda z: self.audio_mlp(self.audio_post_attention_layernorm(z)),
         )
+
+    def write_keys_values(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache, layer: int) -> None:
+        """Only what ``forward`` writes into the cache for x."""
+        if self.fast_forward and audio is True:
+            return
+        if self.fast_forward or not self.dual:
+            h = self.input_layernorm(x)
+        else:
+            h = _by_position(x, audio, self.input_layernorm, self.audio_input_layernorm)
+        self.self_attn.write_keys_values(h, cos, sin, positions, cache, layer)
 
     def _text_layer(self, x, cos, sin, positions, cache, layer, bias) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, bias)

@@ -151,9 +151,9 @@ def test_prefill_passes_end_at_the_last_whole_block(setup, monkeypatch):
     model, tok, request = setup
     passes = []
     real = type(model).forward
-    monkeypatch.setattr(type(model), "forward", lambda self, x, audio, positions, cache, kv_len:
+    monkeypatch.setattr(type(model), "forward", lambda self, x, audio, positions, *args, **kwargs:
                         passes.append((int(positions[0, 0]), int(positions[0, -1]) + 1))
-                        or real(self, x, audio, positions, cache, kv_len))
+                        or real(self, x, audio, positions, *args, **kwargs))
     first = request("One sentence.", seed=1)
     for mb in (512, 0):
         passes.clear()

@@ -87,6 +87,25 @@ def test_cached_decode_equals_full_prefill(tmp_path, adapter):
         assert torch.allclose(h[0, 0], full[0, i], atol=1e-5), i
 
 
+@pytest.mark.parametrize(("adapter", "dual_layers"), [("dual_ffn_fast_forward", [0]), ("dual_ffn_fast_forward", [1]),
+                                                    ("dual_ffn", [])])
+def test_keys_values_only_writes_the_cache_of_a_full_pass(tmp_path, adapter, dual_layers):
+    """A prefill stops the last layer at its keys and values (DualFFN or fast-forward there): same cache."""
+    model, cfg = _model(tmp_path, adapter, dual_layers)
+    ids, codes, audio = _inputs(6)
+    n = ids.shape[1]
+    x = model.embed(ids, codes, audio)
+    caches = [KVCache.allocate(cfg, 1, n + 4, torch.float32, "cpu") for _ in range(2)]
+    for cache, only in zip(caches, (False, True)):
+        for a in (audio, True):  # a mixed pass, then an all-audio one (fast-forward layers write nothing for it)
+            start = 0 if a is audio else n - 4
+            out = model(x[:, start:], a, torch.arange(start, n)[None], cache, kv_len=n, keys_values_only=only)
+            assert (out is None) == only
+    for a, b in zip(caches[0].__dict__.values(), caches[1].__dict__.values(), strict=True):
+        assert torch.equal(a, b)
+    assert caches[1].k[-1].abs().sum() > 0
+
+
 def test_batched_streams_at_different_positions_match_single_streams(tiny_original):
     model, cfg, _ = load_model(tiny_original, device="cpu", dtype="float32")
     prompts = [_inputs(s) for s in (4, 5)]
