@@ -89,7 +89,8 @@ void int8_unpack_bf16(const int8_t *packed, int64_t n, int64_t k, uint16_t *w, i
 }
 
 /* x (k % LANES == 0) rounded to int16 with its own scale (returned): the largest |x| maps to 32767. Rounds
- * to nearest even, as lrintf does; a scalar loop took 4 % of a 300-row product. */
+ * to nearest even, as lrintf does: the scalar loop this replaced gave the same int16s 27x slower (2 % of a
+ * 300-row product). */
 static float quantize_row(const float *x, int64_t k, int16_t *q) {
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 top = _mm256_setzero_ps();
