@@ -237,12 +237,13 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
     from higgs_audio.device import pick_device, pick_dtype
     from higgs_audio.model.higgs import HiggsAudioModel
     from higgs_audio.model.quantize import compact_linears, cpu_has_native_bf16, quantize_linears
-    from higgs_audio.quantized_checkpoint import load_quantized, read_mode
+    from higgs_audio.quantized_checkpoint import load_quantized, read_quantization
 
     directory = resolve(name_or_path)
     config_path = directory / "config.json"
     cfg = ModelConfig.from_dict(read_json(config_path), config_path)
-    saved_mode = read_mode(directory)
+    saved = read_quantization(directory)
+    saved_mode = saved and saved["mode"]
     if saved_mode and quantize not in (None, saved_mode):
         raise CheckpointError(f"{directory} holds {saved_mode} weights and cannot be loaded as {quantize}: "
                               f"ask for {saved_mode} (or nothing), or quantize the original checkpoint")
@@ -252,7 +253,7 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
     compact_cpu = device.type == "cpu" and dtype in (None, "auto")
     storage = torch.bfloat16 if compact_cpu or (quantize and compute == torch.float32) else compute
     if saved_mode:
-        model = load_quantized(directory, cfg, saved_mode, device, storage)
+        model = load_quantized(directory, cfg, saved, device, storage)
     else:
         source = TensorSource(safetensors_files(directory), cfg.source_format)
         # The native converter drops the text head unless asked to keep it; without it we can still speak.

@@ -29,7 +29,8 @@ FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
 
-def _read_meta(directory: Path) -> dict | None:
+def read_quantization(directory: Path) -> dict | None:
+    """A checkpoint directory's checked ``quantization.json`` (format and mode), or None for a float checkpoint."""
     from higgs_audio.checkpoint import read_json
     from higgs_audio.model.quantize import MODES
 
@@ -46,21 +47,17 @@ def _read_meta(directory: Path) -> dict | None:
     return meta
 
 
-def read_mode(directory: Path) -> str | None:
-    """The quantization of a checkpoint directory, or None for a float checkpoint."""
-    meta = _read_meta(directory)
-    return meta and meta["mode"]
-
-
-def load_quantized(directory: Path, cfg, mode: str, device: torch.device, storage: torch.dtype) -> nn.Module:
-    """Build the model from a quantized checkpoint, strictly: every key, shape and quantized dtype is checked."""
+def load_quantized(directory: Path, cfg, meta: dict, device: torch.device, storage: torch.dtype) -> nn.Module:
+    """Build the model from a quantized checkpoint (``meta``: its ``read_quantization``), strictly: every key,
+    shape and quantized dtype is checked."""
     from higgs_audio.checkpoint import OUR_NAMES, TensorSource, check_tensors, safetensors_files
     from higgs_audio.model.higgs import HiggsAudioModel
     from higgs_audio.model import cpu_kernels
     from higgs_audio.model.quantize import quantized_class, replace_linears
 
+    mode = meta["mode"]
     cls = quantized_class(mode)
-    packed_int8 = mode == "int8" and _read_meta(directory)["format"] >= 2  # see Int8Linear.saved
+    packed_int8 = mode == "int8" and meta["format"] >= 2  # see Int8Linear.saved
     source = TensorSource(safetensors_files(directory), OUR_NAMES)
     with torch.device("meta"):
         model = HiggsAudioModel(cfg, text_head=any(k.startswith("text_head.") for k in source.parts))
@@ -169,7 +166,7 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     source = resolve(model_name)
-    if read_mode(source):
+    if read_quantization(source):
         raise CheckpointError(f"{source} is already quantized; quantize the original (float) checkpoint instead")
     if source.resolve() == out.resolve():
         raise CheckpointError(f"{out} is the source checkpoint itself; write the quantized copy elsewhere")
