@@ -4,7 +4,7 @@ Full-size random weights in the official shapes (bf16, ~11.5 GB) are written onc
 Each engine configuration runs in its own subprocess so peak memory is measured per configuration.
 
     python benchmarks/generate.py                       # CPU: ours (auto, int8) vs the port
-    python benchmarks/generate.py --device cuda --compile --configs bf16,bf16-eager,int8,int4 --streams 1,16
+    python benchmarks/generate.py --device cuda --compile --configs bf16,bf16-fused,int4 --streams 1,16
 
 Reported per configuration: prefill seconds for a ~300-token voice-clone prompt, single-stream decode
 frames/s, aggregate frames/s at each batch size, time to first decodable audio frame, peak RSS / GPU memory.
@@ -111,6 +111,8 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
 
     if config.endswith("-eager"):  # on CUDA, the same configuration without CUDA graphs: their gain
         config, compile = config.removesuffix("-eager"), False
+    fuse = config.endswith("-fused")  # with --compile: the step compiled by torch.compile, then captured
+    config = config.removesuffix("-fused")
     config = config.removesuffix("-torch")  # run with our CPU kernels switched off (main() sets the switch)
     if config.endswith("-saved"):  # the copy written by save_quantized: loads without quantizing
         weights, config = weights.parent / f"generation-full-{config}", "auto"
@@ -130,7 +132,9 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
     warm.release(warm.add(Request(ids, [ref], params)))  # first-call kernel set-up is not prefill time
     del warm
     for n in sorted(set(streams)):
-        decoder = BatchDecoder(model, tok, max_batch=n, max_len=max_len, compile=compile)
+        t = time.perf_counter()
+        decoder = BatchDecoder(model, tok, max_batch=n, max_len=max_len, compile=compile, fuse=fuse)
+        setup = time.perf_counter() - t  # with --compile: capturing the steps (and compiling them, -fused)
         forward = _time_device_work(decoder) if device.startswith("cuda") else None
         sync()
         t = time.perf_counter()
@@ -157,7 +161,8 @@ def run_ours(weights: Path, device: str, config: str, streams: list[int], frames
                 first = time.perf_counter() - t
         sync()
         elapsed = time.perf_counter() - t
-        out[f"streams_{n}"] = {"frames_per_s": produced / elapsed, "prefill_s": prefill, "step_ms": 1e3 * elapsed / steps}
+        out[f"streams_{n}"] = {"frames_per_s": produced / elapsed, "prefill_s": prefill, "step_ms": 1e3 * elapsed / steps,
+                               "setup_s": setup}
         if forward:  # GPU time per step of the CUDA graph (whole step) or, eager, of the forward pass alone
             device_ms = sorted(s.elapsed_time(e) for s, e in forward[-frames:])
             out[f"streams_{n}"]["device_ms"] = device_ms[len(device_ms) // 2]
@@ -264,8 +269,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--configs", default="auto,int8",
                         help="ours: auto, bf16, int8, int4, int8-saved, int4-saved (comma-separated; -saved loads a "
-                             "copy written once by save_quantized), each optionally + -eager (CUDA graphs off) or "
-                             "-torch (our CPU kernels off)")
+                             "copy written once by save_quantized), each optionally + -eager (CUDA graphs off), "
+                             "-fused (with --compile: the step compiled by torch.compile before capture) or -torch "
+                             "(our CPU kernels off)")
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--frames", type=int, default=30, help="decode steps timed per batch size")
     parser.add_argument("--compile", action="store_true",

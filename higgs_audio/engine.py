@@ -155,18 +155,24 @@ class BatchDecoder:
         max_batch: int = 1,
         max_len: int = 4096,
         compile: bool = False,
+        fuse: bool = False,
         prefill_chunk: int | None = None,
         prefix_cache_mb: float = 512,
         prefix_cache_dir: str | os.PathLike | None = None,
     ):
         """``compile``: replay the decode step from CUDA graphs (CUDA only). Shapes are then kept static: every slot
         takes part in each step and attention spans whole ``KV_BUCKET`` blocks. Elsewhere it is ignored with a
-        warning: torch.compile made a CPU decode step twice as slow (benchmarks/README.md).
+        warning: torch.compile made a CPU decode step twice as slow (benchmarks/README.md). ``fuse`` (with
+        ``compile``): compile the all-audio step with torch.compile (inductor) before capturing it, so that its
+        many small kernels (norms, RoPE, sampling) fuse; minutes of compiling when the decoder is made, and not
+        yet measured on a GPU (``benchmarks/gpu_check.sh`` does).
         ``prefill_chunk``: while other streams are decoding, prefill a joining prompt this many positions
         per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's).
         ``prefix_cache_mb``: memory for the keys and values of past prompts, reused by requests that start the
         same way (the same voice); 0 turns it off. ``prefix_cache_dir``: also keep them in this folder, which
         must belong to this model and compute dtype, for later processes."""
+        if fuse and not compile:
+            raise ValueError("fuse=True needs compile=True: it fuses the step that CUDA graphs replay")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1, got {prefill_chunk}")
         if prefix_cache_mb < 0:
@@ -194,23 +200,28 @@ class BatchDecoder:
         self._graphs = None
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
         if compile and self.device.type == "cuda":
-            self._use_graphs(CapturedSteps())
+            self._use_graphs(CapturedSteps(), fuse="inductor" if fuse else None)
         elif compile:
             log.warning("compile speeds up decoding on CUDA only; on %s the decode step runs eagerly", self.device)
 
     @torch.inference_mode()
-    def _use_graphs(self, graphs: CapturedSteps) -> None:
+    def _use_graphs(self, graphs: CapturedSteps, fuse=None) -> None:
         """Decode from CUDA graphs: the all-audio step for every attention-length bucket is captured now, while
         no stream decodes (the capture's warm-up run changes only the state of idle slots, which ``_activate``
-        resets); text and mixed steps capture their forward pass when first met."""
+        resets); text and mixed steps capture their forward pass when first met. ``fuse``: a torch.compile
+        backend that compiles the all-audio step first, whole, with the attention length symbolic: one
+        compilation serves every bucket shorter than the cache, a second the whole cache."""
         self._graphs = graphs
+        step = self._audio_step_all
+        if fuse is not None:
+            step = torch.compile(step, backend=fuse, fullgraph=True, dynamic=True)
         n, dev = self.max_batch, self.device
         self._x_in = torch.zeros(n, 1, self.cfg.hidden_size, dtype=self.dtype, device=dev)
         self._positions_in = torch.zeros(n, 1, dtype=torch.long, device=dev)
         self._audio_in = torch.zeros(n, 1, dtype=torch.bool, device=dev)
         ends = range(self.KV_BUCKET, self.max_len + self.KV_BUCKET, self.KV_BUCKET)  # one length in each bucket
         for kv_len in sorted({self._bucket(n) for n in ends}):
-            self._graphs.capture(("audio", kv_len), lambda kv_len=kv_len: self._audio_step_all(kv_len))
+            self._graphs.capture(("audio", kv_len), lambda kv_len=kv_len: step(kv_len))
 
     def _bucket(self, kv_len: int) -> int:
         """The attention length a static step uses for ``kv_len`` positions: whole ``KV_BUCKET`` blocks."""

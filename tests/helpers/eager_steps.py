@@ -24,6 +24,7 @@ class EagerSteps:
         return out
 
 
-def use_eager_steps(decoder) -> None:
-    """Switch a CPU decoder to the static-shape steps that the CUDA path (``compile=True``) replays."""
-    decoder._use_graphs(EagerSteps())
+def use_eager_steps(decoder, fuse=None) -> None:
+    """Switch a CPU decoder to the static-shape steps that the CUDA path (``compile=True``) replays; ``fuse``: the
+    torch.compile backend for the all-audio step, as ``fuse=True`` gives inductor on CUDA."""
+    decoder._use_graphs(EagerSteps(), fuse)
