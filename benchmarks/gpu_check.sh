@@ -20,9 +20,9 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 torch.cuda.get_device_name())" 2>&1 | tee "$out/env.txt"
 timeout 90 python3 -m pytest -q -s -p no:cacheprovider -k cuda \
     tests/engine/test_port_generation.py tests/engine/test_prefix_cache.py tests/model/test_quantize.py 2>&1 | tee "$out/tests.txt"
-timeout 220 python3 benchmarks/generate.py --device cuda --compile --configs bf16,int4 \
+timeout 200 python3 benchmarks/generate.py --device cuda --compile --configs bf16,int4 \
     --streams 1,16 --frames 150 --cache-dir /tmp/bench 2>&1 | tee "$out/generate.txt"
 # torch.compile before capture (fuse=True), against the plain captured step in the same run; compiling takes
 # minutes (four compilations: 1 and 16 streams, below and at the cache's length), so it runs last
-timeout 270 python3 benchmarks/generate.py --device cuda --compile --configs bf16,bf16-fused --skip-port \
+timeout 260 python3 benchmarks/generate.py --device cuda --compile --configs bf16,bf16-fused --skip-port \
     --streams 1,16 --frames 150 --cache-dir /tmp/bench 2>&1 | tee "$out/generate-fused.txt"
