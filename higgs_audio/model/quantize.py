@@ -30,6 +30,7 @@ _DECODE_ROWS = 16  # at most this many rows: a bandwidth-bound matrix-vector pro
 _OUR_KERNEL_ROWS_BF16 = 48
 _INT8_KERNEL_ROWS_FP32 = 96
 _CPU_ALIGN = 64  # bytes; what torch's CPU allocator guarantees
+_UNPACKED_SLICE_BYTES = 4 << 20  # bf16 weight rows unpacked per matmul: fits the L3 beside the rest
 
 
 _BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 and Arm names in /proc/cpuinfo
@@ -153,6 +154,19 @@ class Int8Linear(nn.Module):
             return _OUR_KERNEL_ROWS_BF16 if self.our_kernel else _DECODE_ROWS
         return math.inf if self.our_kernel else _INT8_KERNEL_ROWS_FP32
 
+    def _unpacked_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (m, k) bf16 times the unscaled weight, unpacked to bf16 a few MiB of rows at a time: each
+        slice is multiplied while it is still in cache (a whole layer's bf16 copy is 48 MiB, past the L3)."""
+        n, k = self.out_features, self.in_features
+        rows = max(cpu_kernels.ROWS, _UNPACKED_SLICE_BYTES // (2 * k) // cpu_kernels.ROWS * cpu_kernels.ROWS)
+        buffer = _buffer(min(rows, n) * k, torch.bfloat16, x.device)
+        out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)
+        for start in range(0, n, rows):
+            part = self.weight[start // cpu_kernels.ROWS : (start + rows) // cpu_kernels.ROWS]
+            weight = cpu_kernels.unpack_bf16(part, buffer[: part.numel()])
+            torch.mm(x, weight.t(), out=out[:, start : start + weight.shape[0]])
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -160,16 +174,18 @@ class Int8Linear(nn.Module):
             # Prefill is compute bound: dequantise once per call and use the fast dense matmul, in fp32 on
             # a CPU without native bf16. On CUDA always: torch's int8 kernel there took 155 us for one row of
             # a 3072 x 8192 layer on an H200, dequantising and a bf16 matmul 85 us (the bf16 matmul alone 21).
+            # The scales multiply the (m, n) product, not the (n, k) weight: far fewer multiplications, and
+            # the int8 values stay exact in bf16.
             dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
             if x.is_cuda:
                 # A plain allocation: the caching allocator makes it cheap, and a captured CUDA graph then owns
                 # its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
-                weight = self.weight.to(dtype)
+                out = F.linear(flat.to(dtype), self.weight.to(dtype))
             elif self.our_kernel:  # only with native bf16: without, our kernel takes every row count
-                weight = cpu_kernels.unpack_bf16(self.weight, _buffer(self.weight.numel(), torch.bfloat16, x.device))
+                out = self._unpacked_matmul(flat.to(dtype))
             else:
-                weight = _widened(self.weight, dtype)
-            out = F.linear(flat.to(dtype), weight.mul_(self.scales.to(dtype)[:, None]))
+                out = F.linear(flat.to(dtype), _widened(self.weight, dtype))
+            out = out.to(x.dtype).mul_(self.scales.to(x.dtype))
         elif self.our_kernel:
             out = cpu_kernels.matmul(flat, self.weight, self.scales)
         else:

@@ -154,6 +154,24 @@ def test_layers_use_our_kernel_while_it_beats_dequantising(monkeypatch, native, 
     assert calls == kernel_rows
 
 
+def test_dense_path_unpacks_the_weight_in_slices(monkeypatch):
+    """With native bf16, a prefill-sized product unpacks the weight a slice of rows at a time (here 40 rows:
+    six whole slices and a last of 16) into each slice's own output columns, then scales the product: the
+    int8 arithmetic exactly, but for x and the product rounded to bf16."""
+    import higgs_audio.model.quantize as quantize_module
+
+    monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(quantize_module, "_UNPACKED_SLICE_BYTES", 40 * 128 * 2)
+    slices, real = [], cpu_kernels.unpack_bf16
+    monkeypatch.setattr(cpu_kernels, "unpack_bf16", lambda packed, out: slices.append(packed.shape[0]) or real(packed, out))
+    g = torch.Generator().manual_seed(4)
+    layer = Int8Linear.from_float(torch.randn(256, 128, generator=g))
+    x = torch.randn(100, 128, generator=g)
+    plain = cpu_kernels.unpacked(layer.weight).reshape(256, 128)
+    exact = _exact(x.bfloat16().float(), plain, layer.scales)
+    assert ((layer(x) - exact).norm() / exact.norm()).item() < 4e-3
+    assert slices == [10] * 6 + [4]  # blocks of four rows
+
 def _torch_decode_attention(monkeypatch, *args):
     with monkeypatch.context() as patch:
         patch.setattr(cpu_kernels, "attends", lambda *a: False)
