@@ -163,7 +163,8 @@ def test_dense_path_unpacks_the_weight_in_slices(monkeypatch):
     monkeypatch.setattr(quantize_module, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(quantize_module, "_UNPACKED_SLICE_BYTES", 40 * 128 * 2)
     slices, real = [], cpu_kernels.unpack_bf16
-    monkeypatch.setattr(cpu_kernels, "unpack_bf16", lambda packed, out: slices.append(packed.shape[0]) or real(packed, out))
+    monkeypatch.setattr(cpu_kernels, "unpack_bf16",
+                        lambda packed, out: slices.append(packed.shape[0]) or real(packed, out))
     g = torch.Generator().manual_seed(4)
     layer = Int8Linear.from_float(torch.randn(256, 128, generator=g))
     x = torch.randn(100, 128, generator=g)
@@ -171,6 +172,7 @@ def test_dense_path_unpacks_the_weight_in_slices(monkeypatch):
     exact = _exact(x.bfloat16().float(), plain, layer.scales)
     assert ((layer(x) - exact).norm() / exact.norm()).item() < 4e-3
     assert slices == [10] * 6 + [4]  # blocks of four rows
+
 
 def _torch_decode_attention(monkeypatch, *args):
     with monkeypatch.context() as patch:
