@@ -177,14 +177,15 @@ class Int8Linear(nn.Module):
             # The scales multiply the (m, n) product, not the (n, k) weight: far fewer multiplications, and
             # the int8 values stay exact in bf16.
             dtype = torch.bfloat16 if x.is_cuda or cpu_has_native_bf16() else torch.float32
+            rows = flat.to(dtype)
             if x.is_cuda:
                 # A plain allocation: the caching allocator makes it cheap, and a captured CUDA graph then owns
                 # its copy, where the shared scratch buffer could be replaced (freed) by a larger layer later.
-                out = F.linear(flat.to(dtype), self.weight.to(dtype))
+                out = F.linear(rows, self.weight.to(dtype))
             elif self.our_kernel:  # only with native bf16: without, our kernel takes every row count
-                out = self._unpacked_matmul(flat.to(dtype))
+                out = self._unpacked_matmul(rows)
             else:
-                out = F.linear(flat.to(dtype), _widened(self.weight, dtype))
+                out = F.linear(rows, _widened(self.weight, dtype))
             out = out.to(x.dtype).mul_(self.scales.to(x.dtype))
         elif self.our_kernel:
             out = cpu_kernels.matmul(flat, self.weight, self.scales)
