@@ -48,14 +48,14 @@ def test_packing_interleaves_four_rows_and_unpacks():
 
 
 def test_long_rows_of_extreme_values_do_not_overflow():
-    """Every product at its largest (127 x 32767) over 8192 inputs: summing in int32 without widening every
-    256 inputs would wrap around."""
+    """Every product at its largest (127 or -128 x 32767) over 8192 inputs: summing them all in int32 would
+    wrap around, so the kernel widens its sums to fp32 on the way."""
     weight = torch.full((4, 8192), 127, dtype=torch.int8)
-    weight[1] = -127
+    weight[1] = -128
     x = torch.full((2, 8192), 3.0)
     out = _product(x, weight, torch.ones(4))
     assert torch.allclose(out[:, 0], torch.full((2,), 3.0 * 127 * 8192), rtol=1e-5)
-    assert torch.allclose(out[:, 1], torch.full((2,), -3.0 * 127 * 8192), rtol=1e-5)
+    assert torch.allclose(out[:, 1], torch.full((2,), -3.0 * 128 * 8192), rtol=1e-5)
 
 
 def test_rows_are_scaled_apart():
