@@ -373,7 +373,7 @@ def main() -> None:
         for name, n, r in timed:
             print(f"  {name} {n} streams: {r['step_ms']:.2f} / {r['device_ms']:.2f}")
     if port and "error" not in port:
-        best = " (each figure the best of its rounds)" if args.rounds > 1 else ""
+        best = "; each figure the best of its rounds" if args.rounds > 1 else ""
         print(f"\nratios against the port (same run{best}):")
         for name, r in results.items():
             if name == "port" or "error" in r:
