@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL, fingerprint, load_model
+from higgs_audio.cache import fingerprint
+from higgs_audio.checkpoint import load_model
+from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
 from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request, SamplingParams
 from higgs_audio.errors import AudioInputError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -11,10 +10,6 @@ from pathlib import Path
 import torch
 
 from higgs_audio.errors import CheckpointError
-
-DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
-DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
-
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """Return a local directory for a checkpoint given as a directory or a hub id.
@@ -56,17 +51,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data
-
-
-def fingerprint(directory: Path, *options) -> str:
-    """A short id of a checkpoint directory's files (names, sizes, modification times) and ``options``: what
-    derived data on disk (cached keys and values) is filed under, so a changed checkpoint never meets it."""
-    h = hashlib.sha256(repr((str(directory.resolve()), options)).encode())
-    for f in sorted(directory.iterdir()):
-        if f.is_file():
-            stat = f.stat()
-            h.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
 
 
 # --- generation model weights -------------------------------------------------------------------

@@ -18,18 +18,16 @@ import warnings
 from pathlib import Path
 
 from higgs_audio.audio import FORMATS
+from higgs_audio.cache import VOICES_ENV, prefix_dir
 from higgs_audio.errors import AudioInputError, HiggsAudioError
+from higgs_audio.options import add_checkpoint_argument, add_model_arguments, at_least
 from higgs_audio.voices import (
-    VOICES_ENV,
     Voice,
     VoiceLibrary,
-    default_prefix_dir,
     did_you_mean,
     sidecar_transcript,
 )
 
-DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # = checkpoint.DEFAULT_MODEL, without importing torch
-DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 
 # The reference's examples/scene_prompts.
 SCENES = {
@@ -240,7 +238,7 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
     started = time.perf_counter()
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
                                      quantize=args.quantize, max_len=args.max_len,
-                                     prefix_cache_dir=default_prefix_dir(),
+                                     prefix_cache_dir=prefix_dir(),
                                      progress=sys.stderr.isatty() and not args.quiet)
     voices = _encode_voices(plan, library, api.codec)
     dump, handle = _prompt_dumper(args.dump_prompts)
@@ -357,19 +355,6 @@ def cmd_quantize(args, library: VoiceLibrary) -> int:
     return 0
 
 
-def _int_at_least(low: int):
-    def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {n}")
-        return n
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--voices-dir", action="append", metavar="DIR",
@@ -408,30 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("long texts")
     g.add_argument("--chunk", choices=CHUNK_METHODS, help="generate the text in chunks: by speaker turn, "
                    "word count, sentences or paragraphs")
-    g.add_argument("--chunk-words", type=_int_at_least(1), metavar="N", help="words per chunk (default 200)")
-    g.add_argument("--chunk-turns", type=_int_at_least(1), metavar="N",
+    g.add_argument("--chunk-words", type=at_least(1), metavar="N", help="words per chunk (default 200)")
+    g.add_argument("--chunk-turns", type=at_least(1), metavar="N",
                    help="speaker turns per chunk with --chunk speaker (default 1)")
-    g.add_argument("--context-chunks", type=_int_at_least(0), default=2, metavar="N",
+    g.add_argument("--context-chunks", type=at_least(0), default=2, metavar="N",
                    help="previous chunks each chunk hears, to keep the voice steady (default 2)")
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
-    g.add_argument("--top-k", type=_int_at_least(0), help="default 50; 0 = off")
+    g.add_argument("--top-k", type=at_least(0), help="default 50; 0 = off")
     g.add_argument("--top-p", type=float, help="default 0.95")
-    g.add_argument("--seed", type=_int_at_least(0), help="seed for reproducible output (default: random, printed)")
-    g.add_argument("--max-new-tokens", type=_int_at_least(1), metavar="N",
+    g.add_argument("--seed", type=at_least(0), help="seed for reproducible output (default: random, printed)")
+    g.add_argument("--max-new-tokens", type=at_least(1), metavar="N",
                    help="steps per chunk, 25 per second of audio (default 2048)")
-    g.add_argument("--ras-window", type=_int_at_least(0), metavar="N",
+    g.add_argument("--ras-window", type=at_least(0), metavar="N",
                    help="repetition-aware sampling window in frames (default 7; 0 = off)")
-    g.add_argument("--ras-max-repeat", type=_int_at_least(1), metavar="N", help="default 2")
-    g = s.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or folder (default {DEFAULT_MODEL})")
-    g.add_argument("--codec", default=DEFAULT_CODEC, help=f"audio tokenizer hub id or folder (default {DEFAULT_CODEC})")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    g.add_argument("--dtype", default="auto", help="compute dtype: auto, float32, bfloat16 or float16")
-    g.add_argument("--quantize", choices=("int8", "int4"), help="store the model's linear weights quantized "
-                   "(less memory, faster decoding on small GPUs and CPUs)")
-    g.add_argument("--max-len", type=_int_at_least(16), default=4096, metavar="N",
-                   help="positions in the model's cache: prompt plus generated steps (default 4096)")
+    g.add_argument("--ras-max-repeat", type=at_least(1), metavar="N", help="default 2")
+    add_model_arguments(s.add_argument_group("model"))
     s.add_argument("--dump-prompts", type=Path, metavar="FILE",
                    help="write each chunk's prompt (token ids and audio codes) as JSON lines, for debugging")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -461,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runs load the copy with --model OUT instead of quantizing at every start.")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="folder to write the quantized model to")
     q.add_argument("--quantize", choices=("int8", "int4"), required=True, help="weight format")
-    q.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or folder (default {DEFAULT_MODEL})")
+    add_checkpoint_argument(q)
     q.add_argument("--force", action="store_true", help="replace OUT if it exists")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     q.set_defaults(run=cmd_quantize)

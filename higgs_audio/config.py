@@ -7,6 +7,8 @@ from pathlib import Path
 
 from higgs_audio.errors import CheckpointError
 
+DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"  # the official checkpoints on the hub
+DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 ORIGINAL_TYPE = "higgs_audio"
 NATIVE_TYPE = "higgs_audio_v2"
 ADAPTERS = ("dual_ffn", "dual_ffn_fast_forward")

@@ -59,7 +59,7 @@ class PrefixCache:
     """``max_bytes`` of blocks in memory; with ``directory``, every stored block is also written there (one
     safetensors file per block, at most ``disk_max_bytes``, least recently used removed first) and blocks
     missing from memory are read back from it, so a later process with the same model starts warm. The
-    directory must belong to one model and compute dtype (``checkpoint.fingerprint`` names one)."""
+    directory must belong to one model and compute dtype (``cache.fingerprint`` of the checkpoint names one)."""
 
     def __init__(self, max_bytes: int, directory: Path | None = None, disk_max_bytes: int = DISK_MAX_BYTES):
         self.max_bytes, self.directory, self.disk_max_bytes = max_bytes, directory, disk_max_bytes

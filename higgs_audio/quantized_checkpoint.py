@@ -1,11 +1,12 @@
 """Quantized checkpoints: quantize a checkpoint once, save it, and load it later without quantizing again.
 
 A quantized checkpoint is a directory holding the source's ``config.json`` and text-tokenizer files, a
-``quantization.json`` (``{"format": 2, "mode": "int8" | "int4"}``) and one ``model.safetensors`` whose
+``quantization.json`` (``{"format": 2, "mode": "int8" | "int4", "layout": {"rows": 4, "lanes": 16}}``) and one ``model.safetensors`` whose
 tensors carry our modules' names: each quantized linear stores its ``FIELDS``, everything else its bf16
 tensor. It is device independent (int4 is packed for the device at load). Every tensor starts at a 64-byte
 aligned file offset. Format 2 stores int8 weights that fit our CPU kernel in its packed order (same shape),
-so that a CPU loads them with a plain copy instead of reordering them; format 1 (plain order) still loads.
+so that a CPU loads them with a plain copy instead of reordering them, and records that order's ``layout``
+(files written before it was recorded used 4 rows and 16 lanes); format 1 (plain order) still loads.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ QUANTIZATION_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
+_FIRST_LAYOUT = {"rows": 4, "lanes": 16}  # of format 2 files written before the layout was recorded
 
 
 def read_quantization(directory: Path) -> dict | None:
     """A checkpoint directory's checked ``quantization.json`` (format and mode), or None for a float checkpoint."""
     from higgs_audio.checkpoint import read_json
+    from higgs_audio.model import cpu_kernels
     from higgs_audio.model.quantize import MODES
 
     path = directory / QUANTIZATION_FILE
@@ -44,6 +47,10 @@ def read_quantization(directory: Path) -> dict | None:
                               "with 'higgs-audio quantize'")
     if meta.get("mode") not in MODES:
         raise CheckpointError(f"{path}: unknown mode {meta.get('mode')!r}, expected one of {', '.join(MODES)}")
+    layout = meta.setdefault("layout", _FIRST_LAYOUT)
+    if meta["format"] >= 2 and meta["mode"] == "int8" and layout != cpu_kernels.LAYOUT:
+        raise CheckpointError(f"{path}: its int8 weights are packed as {layout}, this version's CPU kernel reads "
+                              f"{cpu_kernels.LAYOUT}; quantize the original checkpoint again with 'higgs-audio quantize'")
     return meta
 
 
@@ -157,6 +164,7 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
     from tqdm import tqdm
 
     from higgs_audio.checkpoint import load_model, resolve
+    from higgs_audio.model import cpu_kernels
     from higgs_audio.model.quantize import quantized_class
 
     out = Path(out).expanduser()
@@ -185,8 +193,8 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
     try:
         _copy_side_files(source, staging)
         _write_aligned(staging / WEIGHTS_FILE, tensors, metadata={"format": "pt", "quantization": mode})
-        (staging / QUANTIZATION_FILE).write_text(json.dumps({"format": FORMAT, "mode": mode, "source": str(model_name)},
-                                                            indent=2) + "\n")
+        (staging / QUANTIZATION_FILE).write_text(json.dumps(
+            {"format": FORMAT, "mode": mode, "layout": cpu_kernels.LAYOUT, "source": str(model_name)}, indent=2) + "\n")
         if out.exists():
             old = out.parent / f".{out.name}.replaced-{os.getpid()}"
             out.rename(old)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from higgs_audio.api import HiggsAudio
-from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL
+from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, TextContent
 
 __all__ = ["AudioContent", "ChatMLSample", "HiggsAudioResponse", "HiggsAudioServeEngine", "Message", "TextContent"]

@@ -16,23 +16,20 @@ encoded, which keeps ``higgs-audio voices`` quick.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import io
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from higgs_audio.cache import codes_dir, file_digest, fingerprint, voice_folders
 from higgs_audio.errors import AudioInputError, HiggsAudioError
 from higgs_audio.files import atomic_write
 
-VOICES_ENV = "HIGGS_AUDIO_VOICES"  # library folders, separated by os.pathsep; the first one is written to
-CACHE_ENV = "HIGGS_AUDIO_CACHE"  # folder for cached reference codes
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 PROFILES_FILE = "profile.yaml"
 PRESETS_FILE = "config.json"
@@ -80,43 +77,6 @@ class Voice:
         return self.kind in ("profile", "builtin")
 
 
-def _platform_dir(kind: str) -> Path:
-    """The per-user folder for "data" or "cache", following each platform's convention."""
-    home = Path.home()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA" if kind == "cache" else "APPDATA") or home / "AppData" / "Local"
-        return Path(base) / "higgs-audio"
-    if sys.platform == "darwin":
-        return home / "Library" / ("Caches" if kind == "cache" else "Application Support") / "higgs-audio"
-    xdg = os.environ.get("XDG_CACHE_HOME" if kind == "cache" else "XDG_DATA_HOME")
-    return Path(xdg or home / (".cache" if kind == "cache" else ".local/share")) / "higgs-audio"
-
-
-def default_folders() -> list[Path]:
-    """``$HIGGS_AUDIO_VOICES`` (one or more folders), else the per-user data folder's ``voices``."""
-    env = os.environ.get(VOICES_ENV)
-    if env:
-        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    return [_platform_dir("data") / "voices"]
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else _platform_dir("cache") / "codes"
-
-
-def default_prefix_dir() -> Path:
-    """Where the command line keeps voices' prompt keys and values: ``prefixes`` in the codes folder when
-    ``$HIGGS_AUDIO_CACHE`` names it, else in the per-user cache folder."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() / "prefixes" if env else _platform_dir("cache") / "prefixes"
-
-
-def default_kernel_dir() -> Path:
-    """Where compiled CPU kernels are kept: ``kernels`` next to the prefixes."""
-    return default_prefix_dir().with_name("kernels")
-
-
 def check_name(name: str) -> str:
     """A voice name is 1-64 letters, digits, '_' or '-', starting with a letter or digit: it becomes a file
     name, so it may not hold path separators, dots or spaces."""
@@ -125,26 +85,6 @@ def check_name(name: str) -> str:
             f"invalid voice name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
         )
     return name
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def codec_fingerprint(codec) -> str:
-    """A short id of a codec's settings and weights: a strided sample of every tensor (up to 1024 values
-    each), so two different checkpoints never share cached codes while hashing stays fast for big ones."""
-    h = hashlib.sha256(repr((codec.config, str(codec.dtype))).encode())
-    for name, tensor in sorted(codec.model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
-        h.update(f"{name}{tuple(tensor.shape)}".encode())
-        h.update(sample.tobytes())
-    return h.hexdigest()[:16]
 
 
 def sidecar_transcript(audio: Path) -> str | None:
@@ -210,19 +150,19 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 
 class VoiceLibrary:
-    """Voices by name. ``folders``: where to look (default ``default_folders()``); the first one is where
-    ``add`` writes. ``cache_dir``: where encoded codes are kept (default ``default_cache_dir()``)."""
+    """Voices by name. ``folders``: where to look (default ``voice_folders()``); the first one is where
+    ``add`` writes. ``cache_dir``: where encoded codes are kept (default ``codes_dir()``)."""
 
     def __init__(self, folders: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None):
         if folders is None:
-            folders = default_folders()
+            folders = voice_folders()
         elif isinstance(folders, (str, os.PathLike)):
             folders = [folders]
         self.folders = [Path(f).expanduser() for f in folders]
         if not self.folders:
             raise VoiceError("a voice library needs at least one folder")
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else codes_dir()
         self._fingerprints: dict[int, str] = {}
 
     @property
@@ -285,10 +225,10 @@ class VoiceLibrary:
         audio = Path(audio).expanduser()
         if not audio.is_file():
             raise AudioInputError(f"audio file {audio} does not exist")
-        fingerprint = self._fingerprints.get(id(codec))
-        if fingerprint is None:
-            fingerprint = self._fingerprints[id(codec)] = codec_fingerprint(codec)
-        cached = self.cache_dir / f"{file_digest(audio)}-{fingerprint}.npy"
+        key = self._fingerprints.get(id(codec))
+        if key is None:  # the codec's settings and weights
+            key = self._fingerprints[id(codec)] = fingerprint(codec.config, str(codec.dtype), codec.model.state_dict())
+        cached = self.cache_dir / f"{file_digest(audio)}-{key}.npy"
         if cached.is_file():
             try:
                 return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.int64))

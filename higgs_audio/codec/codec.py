@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from higgs_audio import audio
-from higgs_audio.checkpoint import DEFAULT_CODEC, resolve
+from higgs_audio.checkpoint import resolve
+from higgs_audio.config import DEFAULT_CODEC
 from higgs_audio.codec import weights
 from higgs_audio.codec.acoustic import AcousticDecoder, AcousticEncoder
 from higgs_audio.codec.config import CodecConfig

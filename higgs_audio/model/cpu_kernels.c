@@ -11,8 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ROWS 4
-#define LANES 16
+/* ROWS and LANES come from the build (cpu_kernels.py's, the one source of the packed layout); the inner
+ * loop below is written for exactly these values. */
+#if !defined(ROWS) || !defined(LANES) || ROWS != 4 || LANES != 16
+#error "build with -DROWS=4 -DLANES=16 (cpu_kernels.py passes them)"
+#endif
 /* int32 sums are widened to fp32 this often: each lane adds 2 products of |x| <= 32767 and |w| <= 128 per
  * step, 2048 / LANES steps stay below 2^31. Widening every 256 left 3-6 % of the product to the epilogues. */
 #define CHUNK 2048

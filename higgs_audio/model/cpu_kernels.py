@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
 import platform
@@ -27,13 +26,16 @@ from pathlib import Path
 
 import torch
 
+from higgs_audio.cache import fingerprint, kernel_dir
 from higgs_audio.device import cpu_flags
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-fno-math-errno", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC")
-ROWS, LANES = 4, 16  # the packed layout: cpu_kernels.c's ROWS and LANES
+ROWS, LANES = 4, 16  # the packed layout, passed to the C source when it is built
+LAYOUT = {"rows": ROWS, "lanes": LANES}  # recorded in the quantized checkpoints that store it
+FLAGS = ("-O3", "-fno-math-errno", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", f"-DROWS={ROWS}",
+         f"-DLANES={LANES}")
 SWITCH = "HIGGS_AUDIO_CPU_KERNELS"  # "0": torch's kernels only (to compare, or to rule ours out)
 
 
@@ -64,7 +66,7 @@ def _compiler() -> str | None:
 
 
 def _digest(compiler: str) -> str:
-    return hashlib.sha256(SOURCE.read_bytes() + "\0".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    return fingerprint(SOURCE.read_bytes(), compiler, FLAGS)
 
 
 def version() -> str:
@@ -92,9 +94,7 @@ def library() -> ctypes.CDLL | None:
         log.warning("CPU kernels: no C compiler found (set CC or install gcc); int8 and decode attention on "
                     "this CPU run torch's slower kernels")
         return None
-    from higgs_audio.voices import default_kernel_dir
-
-    path = default_kernel_dir() / f"cpu_kernels-{_digest(compiler)}.so"
+    path = kernel_dir() / f"cpu_kernels-{_digest(compiler)}.so"
     try:
         if not path.exists():
             _build(compiler, path)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from higgs_audio.checkpoint import DEFAULT_CODEC, DEFAULT_MODEL
+from higgs_audio.options import add_model_arguments, at_least
 
 API_KEY_ENV = "HIGGS_AUDIO_API_KEY"
 
@@ -29,25 +29,8 @@ def add_serve_parser(subparsers, parents=()) -> argparse.ArgumentParser:
     return p
 
 
-def _number(kind, zero_ok: bool = False):
-    def parse(value: str):
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if not (number >= 0 if zero_ok else number > 0):
-            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_ok else 'more than 0'}, got {value}")
-        return number
-
-    return parse
-
-
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="generation checkpoint: hub id or folder")
-    p.add_argument("--codec", default=DEFAULT_CODEC, help="audio tokenizer checkpoint: hub id or folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--quantize", choices=("int8", "int4"), help="store the model's linear weights quantized")
+    add_model_arguments(p)
     p.add_argument("--compile", action="store_true", help="replay the decode step from CUDA graphs (CUDA only; "
                    "captured at start-up)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -57,21 +40,22 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"require 'Authorization: Bearer KEY' on /v1 and /metrics (or set ${API_KEY_ENV})")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser requests from ORIGIN (repeatable; '*' for any)")
-    p.add_argument("--max-batch", type=_number(int), default=8, help="requests decoded together in one step")
-    p.add_argument("--prefill-chunk", type=_number(int), default=128, metavar="N",
+    p.add_argument("--max-batch", type=at_least(1), default=8, help="requests decoded together in one step")
+    p.add_argument("--prefill-chunk", type=at_least(1), default=128, metavar="N",
                    help="prompt positions a joining request prefills per step while others decode, so their "
                         "audio keeps flowing (default 128; lower it on a CPU)")
-    p.add_argument("--prefix-cache-mb", type=_number(float, zero_ok=True), default=512, metavar="MB",
+    p.add_argument("--prefix-cache-mb", type=at_least(0, float), default=512, metavar="MB",
                    help="memory for past prompts' keys and values: a request in a voice used before prefills only "
                         "what differs (default 512; 0: off)")
-    p.add_argument("--max-len", type=_number(int), default=4096, help="positions per request (prompt + generated)")
-    p.add_argument("--max-queue", type=_number(int), default=64,
+    p.add_argument("--max-queue", type=at_least(1), default=64,
                    help="waiting requests beyond which new ones get 429")
-    p.add_argument("--max-input-chars", type=_number(int), default=4096, help="longer texts get 413")
-    p.add_argument("--max-upload-mb", type=_number(float), default=20.0, help="larger request bodies get 413")
-    p.add_argument("--max-new-tokens", type=_number(int), default=2048,
+    p.add_argument("--max-input-chars", type=at_least(1), default=4096, help="longer texts get 413")
+    p.add_argument("--max-upload-mb", type=at_least(0, float, above=True), default=20.0,
+                   help="larger request bodies get 413")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=2048,
                    help="default and ceiling of a request's generation steps (25 audio steps = 1 s)")
-    p.add_argument("--timeout", type=_number(float), default=300.0, help="seconds before a request is cancelled")
+    p.add_argument("--timeout", type=at_least(0, float, above=True), default=300.0,
+                   help="seconds before a request is cancelled")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

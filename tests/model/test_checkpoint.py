@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from higgs_audio.checkpoint import fingerprint, load_model, resolve
+from higgs_audio.checkpoint import load_model, resolve
 from higgs_audio.config import ModelConfig
 from higgs_audio.errors import CheckpointError
 from higgs_audio.model.higgs import HiggsAudioModel
@@ -158,13 +158,3 @@ def test_hub_id_offline_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(CheckpointError, match=r"not in the local hub cache.*pass a local directory"):
         resolve("bosonai/higgs-audio-v2-generation-3B-base")
-
-
-def test_fingerprint_follows_the_files_and_options(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
-    first = fingerprint(tmp_path, "float32", None)
-    assert fingerprint(tmp_path, "float32", None) == first
-    assert fingerprint(tmp_path, "bfloat16", None) != first
-    (tmp_path / "model.safetensors").write_bytes(b"1" * 11)
-    assert fingerprint(tmp_path, "float32", None) != first

@@ -102,6 +102,20 @@ def test_unknown_format_is_refused(saved, tmp_path):
         load_model(copy, device="cpu")
 
 
+def test_layout_is_recorded_and_another_layout_is_refused(saved, tmp_path):
+    import shutil
+
+    meta = json.loads((saved["int8"] / QUANTIZATION_FILE).read_text())
+    assert meta["layout"] == {"rows": 4, "lanes": 16}
+    copy = shutil.copytree(saved["int8"], tmp_path / "other")
+    (copy / QUANTIZATION_FILE).write_text(json.dumps(dict(meta, layout={"rows": 8, "lanes": 16})))
+    with pytest.raises(CheckpointError, match=r"packed as \{'rows': 8, 'lanes': 16\}.*quantize the original"):
+        load_model(copy, device="cpu")
+    del meta["layout"]  # written before the layout was recorded: 4 rows, 16 lanes
+    (copy / QUANTIZATION_FILE).write_text(json.dumps(meta))
+    assert torch.equal(_teacher_forced_logits(copy), _teacher_forced_logits(saved["int8"]))
+
+
 def test_saved_int8_is_not_reordered_where_our_kernel_runs(saved, monkeypatch):
     """The copy holds int8 weights in our CPU kernel's order: loading them packs nothing."""
     from higgs_audio.model import cpu_kernels
