@@ -28,7 +28,6 @@ from higgs_audio.voices import (
     sidecar_transcript,
 )
 
-
 # The reference's examples/scene_prompts.
 SCENES = {
     "quiet_indoor": "Audio is recorded from a quiet room.",

@@ -30,8 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from higgs_audio import audio
-from higgs_audio.checkpoint import resolve
-from higgs_audio.config import DEFAULT_CODEC
 from higgs_audio.codec import weights
 from higgs_audio.codec.acoustic import AcousticDecoder, AcousticEncoder
 from higgs_audio.codec.config import CodecConfig
@@ -39,7 +37,9 @@ from higgs_audio.codec.quantizer import ResidualVQ
 from higgs_audio.codec.resample import resample
 from higgs_audio.codec.semantic import Hubert, SemanticEncoder
 from higgs_audio.codec.streaming import batch_key, step_together, streaming_decoder
+from higgs_audio.config import DEFAULT_CODEC
 from higgs_audio.errors import AudioInputError
+from higgs_audio.files import resolve
 
 
 class CodecModel(nn.Module):

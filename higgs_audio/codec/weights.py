@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from higgs_audio.checkpoint import read_json
 from higgs_audio.codec import config as codec_config
 from higgs_audio.codec.config import CodecConfig
 from higgs_audio.errors import CheckpointError
+from higgs_audio.files import read_json
 
 TRANSFORMERS_MODEL_TYPE = "higgs_audio_v2_tokenizer"
 ORIGINAL_WEIGHTS = "model.pth"

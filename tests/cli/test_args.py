@@ -70,9 +70,11 @@ def test_serve_numbers_name_their_bounds(capsys):
     add_serve_arguments(parser)
     assert parser.parse_args(["--prefix-cache-mb", "0"]).prefix_cache_mb == 0
     assert parser.parse_args([]).prefix_cache_mb == 512
-    for args, message in ((["--prefix-cache-mb", "-1"], "must be 0 or more, got -1"),
-                          (["--max-batch", "0"], "must be more than 0, got 0"),
-                          (["--prefill-chunk", "x"], "'x' is not a number")):
+    for args, message in ((["--prefix-cache-mb", "-1"], "must be at least 0, got -1"),
+                          (["--max-batch", "0"], "must be at least 1, got 0"),
+                          (["--timeout", "0"], "must be more than 0, got 0"),
+                          (["--prefill-chunk", "x"], "'x' is not a whole number"),
+                          (["--max-upload-mb", "x"], "'x' is not a number")):
         with pytest.raises(SystemExit):
             parser.parse_args(args)
         assert message in capsys.readouterr().err

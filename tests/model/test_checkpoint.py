@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from higgs_audio.checkpoint import load_model, resolve
+from higgs_audio.checkpoint import load_model
 from higgs_audio.config import ModelConfig
 from higgs_audio.errors import CheckpointError
+from higgs_audio.files import resolve
 from higgs_audio.model.higgs import HiggsAudioModel
 from tests.helpers.tiny_model import FULL, original_config, write_original
 
