@@ -20,7 +20,7 @@ from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, 
 from higgs_audio.errors import AudioInputError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages
 from higgs_audio.prompt import VoiceProfile, VoiceRef, build_messages, build_prompt
-from higgs_audio.text import normalize_transcript
+from higgs_audio.text import normalize_transcript, speaker_tags
 from higgs_audio.text_tokenizer import TextTokenizer
 
 PROFILE_PREFIX = "profile:"
@@ -181,10 +181,12 @@ class HiggsAudio:
         if (text is None) == (messages is None):
             raise ValueError("give either text or messages")
         if messages is None:
+            tags = speaker_tags(text)  # before normalisation, as the reference: 【SPEAKER0】 is no tag
             if normalize:
                 text = normalize_transcript(text)
             voices = self._voices(voice, voice_text)
-            messages = build_messages(text, voices=voices, scene=scene, system=system, refs_in_system=refs_in_system)
+            messages = build_messages(text, voices=voices, scene=scene, system=system, refs_in_system=refs_in_system,
+                                      speaker_tags=tags)
             spoken = text
         else:
             messages = coerce_messages(messages)

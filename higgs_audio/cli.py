@@ -28,14 +28,15 @@ from higgs_audio.voices import (
     sidecar_transcript,
 )
 
-# The reference's examples/scene_prompts.
+# The reference's examples/scene_prompts, byte for byte (spec §7.2): the model hears every token.
 SCENES = {
     "quiet_indoor": "Audio is recorded from a quiet room.",
     "reading_blog": (
         "In this audio, the person is reading a blog post aloud. The content is informative and engaging, with "
-        "the speaker using a clear and fast, conversational tone to make the material feel more approachable and "
-        "the tone shifts slightly to emphasize key points. ensuring each section flows smoothly, as they guide "
-        "the listener through the post's main ideas."
+        "the speaker using a clear, conversational tone to make the material feel more approachable. The pacing "
+        "is moderate, allowing listeners to absorb the information, and the tone shifts slightly to emphasize "
+        "key points. The speaker occasionally pauses for effect, ensuring each section flows smoothly, as they "
+        "guide the listener through the post's main ideas."
     ),
 }
 NO_SCENE = "none"
@@ -93,12 +94,13 @@ def _output(args) -> tuple[Path | None, str]:
     return path, fmt
 
 
-def _voice_specs(values: list[str]) -> dict[str, str]:
-    """``--voice`` values -> ``{"SPEAKERi": spec}``. ``a,b`` and repeated flags list speakers in order
-    (an empty entry, as in ``,b``, leaves that speaker to the model); ``SPEAKERi=spec`` names one. A
-    ``profile:`` value is never split: descriptions may contain commas."""
+def _voice_specs(values: list[str]) -> dict[str, str] | list[str | None]:
+    """``--voice`` values -> ``{"SPEAKERi": spec}`` when ``SPEAKERi=spec`` names the speakers, else the
+    specs in speaker order: ``a,b`` and repeated flags list them (an empty entry, as in ``,b``, leaves that
+    speaker to the model: None). A ``profile:`` value is never split: descriptions may contain commas. One
+    listed voice is bound to no speaker (the reference's single-voice prompt); a named one is."""
     keyed: dict[str, str] = {}
-    listed: list[str] = []
+    listed: list[str | None] = []
     for value in values:
         tag, sep, spec = value.partition("=")
         if sep and tag.startswith("SPEAKER") and tag[7:].isdigit():
@@ -110,11 +112,20 @@ def _voice_specs(values: list[str]) -> dict[str, str]:
         elif value.startswith("profile:"):
             listed.append(value)
         else:
-            listed += [v.strip() for v in value.split(",")]
+            listed += [v.strip() or None for v in value.split(",")]
     if keyed and listed:
         raise UsageError("use either --voice a,b (speakers in order) or --voice SPEAKER0=a --voice SPEAKER1=b, "
                          "not both")
-    return keyed or {f"SPEAKER{i}": spec for i, spec in enumerate(listed) if spec}
+    while listed and listed[-1] is None:
+        listed.pop()
+    return keyed or listed
+
+
+def _each(voices: dict | list, fn) -> dict | list:
+    """``fn`` applied to each voice of a speaker mapping or list (None stays None), keeping its shape."""
+    if isinstance(voices, dict):
+        return {tag: fn(v) for tag, v in voices.items()}
+    return [None if v is None else fn(v) for v in voices]
 
 
 def _is_path(spec: str) -> bool:
@@ -153,26 +164,26 @@ def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
     return clip
 
 
-def _plan_voices(args, library: VoiceLibrary) -> dict:
-    """``{"SPEAKERi": VoiceProfile or _Clip}``, every clip checked to be usable."""
-    specs = _voice_specs(args.voice)
-    if args.ref_text is not None and len(specs) != 1:
+def _plan_voices(args, library: VoiceLibrary) -> dict | list:
+    """The ``--voice`` values (see ``_voice_specs``) as ``VoiceProfile`` or ``_Clip``, every clip checked to
+    be usable."""
+    plan = _each(_voice_specs(args.voice), lambda spec: _plan_voice(spec, library, args.ref_text))
+    voices = [v for v in (plan.values() if isinstance(plan, dict) else plan) if v is not None]
+    if args.ref_text is not None and len(voices) != 1:
         raise UsageError("--ref-text needs exactly one --voice; with several, put each transcript in a .txt "
                          "file next to its clip")
-    plan = {tag: _plan_voice(spec, library, args.ref_text) for tag, spec in specs.items()}
-    in_system = args.refs_in_system or any(not isinstance(v, _Clip) for v in plan.values())
-    for v in plan.values():
+    in_system = args.refs_in_system or any(not isinstance(v, _Clip) for v in voices)
+    for v in voices:
         if isinstance(v, _Clip) and v.transcript is None and not in_system:
             raise UsageError(f"{v.label} has no transcript: pass --ref-text \"...\", put it in "
                              f"{v.audio.with_suffix('.txt').name} next to the clip, or use --refs-in-system")
     return plan
 
 
-def _encode_voices(plan: dict, library: VoiceLibrary, codec) -> dict:
+def _encode_voices(plan: dict | list, library: VoiceLibrary, codec) -> dict | list:
     from higgs_audio.prompt import VoiceRef
 
-    return {tag: VoiceRef(library.encode(v.audio, codec), v.transcript) if isinstance(v, _Clip) else v
-            for tag, v in plan.items()}
+    return _each(plan, lambda v: VoiceRef(library.encode(v.audio, codec), v.transcript) if isinstance(v, _Clip) else v)
 
 
 def _text_or_file(value: str, what: str) -> str:
@@ -354,6 +365,15 @@ def cmd_quantize(args, library: VoiceLibrary) -> int:
     return 0
 
 
+def _count_or_all(value: str) -> int | None:
+    """A count of at least 0, or ``all`` (None: no limit)."""
+    if value == "all":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"give a number of chunks (0 or more) or 'all', got {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--voices-dir", action="append", metavar="DIR",
@@ -378,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--voice", action="append", default=[], metavar="VOICE",
                    help="a library voice name, an audio file to clone, or profile:NAME / profile:\"description\"; "
                         "for several speakers 'a,b' or SPEAKER0=a --voice SPEAKER1=b. Without one the model "
-                        "picks a voice")
+                        "picks a voice. One voice given without SPEAKERi= is used as the reference uses it, "
+                        "whatever [SPEAKERn] tags the text has. Speakers given no voice are described as the "
+                        "reference's smart voice describes them: feminine, masculine, ... in numeric tag order "
+                        "(SPEAKER2 before SPEAKER10; the reference sorts tags as strings)")
     g.add_argument("--ref-text", metavar="TEXT", help="what is said in the --voice clip (default: the .txt next to it)")
     g.add_argument("--refs-in-system", action="store_true",
                    help="put the reference clips in the system message (no transcripts needed)")
@@ -390,13 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-normalize", action="store_true",
                    help="speak the text as given (no punctuation, unit or sound-effect normalisation)")
     g = s.add_argument_group("long texts")
-    g.add_argument("--chunk", choices=CHUNK_METHODS, help="generate the text in chunks: by speaker turn, "
-                   "word count, sentences or paragraphs")
+    g.add_argument("--chunk", choices=CHUNK_METHODS, help="generate the text in chunks: by speaker turn or "
+                   "word count as the reference does (mostly Chinese/Japanese/Korean text counts characters "
+                   "where the reference counts jieba words), or by whole sentences or paragraphs (ours)")
     g.add_argument("--chunk-words", type=at_least(1), metavar="N", help="words per chunk (default 200)")
     g.add_argument("--chunk-turns", type=at_least(1), metavar="N",
                    help="speaker turns per chunk with --chunk speaker (default 1)")
-    g.add_argument("--context-chunks", type=at_least(0), default=2, metavar="N",
-                   help="previous chunks each chunk hears, to keep the voice steady (default 2)")
+    g.add_argument("--context-chunks", type=_count_or_all, default=2, metavar="N|all",
+                   help="previous chunks each chunk hears, to keep the voice steady (default 2; the reference "
+                        "keeps all of them, as 'all' does)")
     g = s.add_argument_group("sampling")
     g.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
     g.add_argument("--top-k", type=at_least(0), help="default 50; 0 = off")
@@ -409,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ras-max-repeat", type=at_least(1), metavar="N", help="default 2")
     add_model_arguments(s.add_argument_group("model"))
     s.add_argument("--dump-prompts", type=Path, metavar="FILE",
-                   help="write each chunk's prompt (token ids and audio codes) as JSON lines, for debugging")
+                   help="write each chunk's prompt (token ids and audio codes) as JSON lines, for debugging; "
+                        "each ends with <|audio_out_bos|> (the model must speak), which the reference's "
+                        "generation.py leaves to the model")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(run=cmd_speak)
 

@@ -10,7 +10,6 @@ stream, so the joins are as smooth as any other frame boundary.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from higgs_audio.engine import Request, SamplingParams
 from higgs_audio.errors import HiggsAudioError
 from higgs_audio.messages import AudioContent, Message
 from higgs_audio.prompt import Prompt, Voices, build_context, build_prompt
-from higgs_audio.text import normalize_transcript, speaker_tags, split_chunks
+from higgs_audio.text import speaker_tags, split_chunks
 
 
 @dataclass
@@ -52,13 +51,6 @@ def chunk_seed(seed: int, index: int) -> int:
     if index == 0:
         return seed
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def normalize_paragraphs(text: str) -> str:
-    """``normalize_transcript`` per paragraph, keeping the blank lines between paragraphs (which it would
-    drop) so the word and paragraph chunkers can still see them."""
-    paragraphs = (normalize_transcript(p) for p in re.split(r"\n\s*\n", text))
-    return "\n\n".join(p for p in paragraphs if p)
 
 
 def prompt_positions(prompt: Prompt, num_codebooks: int) -> int:
@@ -95,13 +87,12 @@ def generate_longform(
     """
     if context_chunks is not None and context_chunks < 0:
         raise ValueError("context_chunks must be >= 0 (or None to keep every chunk)")
-    if normalize:
-        text = normalize_paragraphs(text)
-    if not text.strip():
+    tags = speaker_tags(text)  # before normalisation, as the reference: 【SPEAKER0】 is no tag
+    pieces = [p for p in split_chunks(text, chunk_method, max_words, max_turns, normalize=normalize) if p.strip()]
+    if not pieces:
         raise HiggsAudioError("there is no text to speak")
-    pieces = split_chunks(text, chunk_method, max_words, max_turns)
     context = build_context(voices=voices, scene=scene, system=system, refs_in_system=refs_in_system,
-                            speaker_tags=speaker_tags(text))
+                            speaker_tags=tags)
     budget = params.get("max_new_tokens", SamplingParams.max_new_tokens)
     done: list[ChunkResult] = []
     notes: list[str] = []
@@ -109,9 +100,9 @@ def generate_longform(
     try:
         for i, piece in enumerate(pieces):
             chunk_seed_i = None if seed is None else chunk_seed(seed, i)
-            spoken = [c for c in done if c.codes.shape[1]]  # a chunk without audio is no example to follow
-            keep = len(spoken) if context_chunks is None else min(context_chunks, len(spoken))
-            prompt, keep = _fit(api, context, spoken[len(spoken) - keep:], piece, budget, i)
+            # A chunk that generated no audio stays too (an empty audio turn), as in the reference.
+            keep = len(done) if context_chunks is None else min(context_chunks, len(done))
+            prompt, keep = _fit(api, context, done[len(done) - keep:], piece, budget, i)
             if on_prompt is not None:
                 on_prompt(i, piece, chunk_seed_i, prompt)
             sampling = SamplingParams(**{"max_audio_seconds": default_max_audio_seconds(piece), **params,

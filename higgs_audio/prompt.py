@@ -194,11 +194,16 @@ def build_context(
     - ``refs_in_system`` or any ``VoiceProfile`` (as the reference, profiles force it): one system message
       whose scene block lists ``SPEAKERi: <audio>`` (audio-in) or ``SPEAKERi: <description>``.
     Speakers named by a tag but given no voice get the feminine/masculine line in the scene block.
+    One voice given without a speaker (a voice, or a list of one) is the reference's single-voice
+    layout whatever tags the transcript has: no ``[SPEAKER0]`` prefix and no lines for other speakers.
+    A mapping binds each voice to its speaker; then the other tags get their lines.
     """
     assigned = _assign_voices(voices)
     for tag in speaker_tags:
         if not _TAG.fullmatch(tag):
             raise MessageError(f"speaker tag {tag!r} is not like 'SPEAKER0'")
+    if _unbound_single(voices):
+        speaker_tags = ()
     tags = _sort_tags(set(speaker_tags) | set(assigned))
     several = len(tags) > 1
     unvoiced = [_default_line(i, tag) for i, tag in enumerate(tags) if tag not in assigned]
@@ -267,6 +272,13 @@ def _assign_voices(voices: Voices) -> dict[str, Voice]:
         if voice is not None:
             assigned[f"SPEAKER{i}"] = _check_voice(voice, f"SPEAKER{i}")
     return assigned
+
+
+def _unbound_single(voices: Voices) -> bool:
+    """One voice, not bound to a speaker by a mapping: ``voice`` or ``[voice]``."""
+    if isinstance(voices, (VoiceRef, VoiceProfile)):
+        return True
+    return isinstance(voices, Sequence) and len(voices) == 1 and voices[0] is not None
 
 
 def _check_voice(voice: object, tag: str) -> Voice:

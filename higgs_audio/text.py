@@ -74,21 +74,45 @@ def normalize_transcript(text: str) -> str:
     1. Chinese punctuation -> ASCII (``，`` -> ``", "``, ``。`` -> ``"."``, ...).
     2. ``(`` and ``)`` -> space; ``°F`` / ``°C`` -> " degrees Fahrenheit" / " degrees Celsius".
     3. Sound-effect tags (``[laugh]``, ``[music start]``, ...) -> the model's ``<SE>``-style markers.
-    4. Whitespace collapsed to single spaces within each line; blank lines dropped; stripped.
+    4. Whitespace collapsed to single spaces within each line; blank lines dropped (paragraphs are
+       joined by a single ``\n``); stripped.
     5. A final ``.`` appended unless the text already ends with ``. ! ? , ; " '`` or a closing SE marker.
 
-    ``[SPEAKERn]`` tags are kept. Read speaker tags (``speaker_tags``) before or after: they survive.
+    ``[SPEAKERn]`` tags are kept. The reference reads speaker tags (``speaker_tags``) before this step:
+    full-width ``【SPEAKER0】`` only becomes a tag here.
     """
+    return _end_sentence("\n".join("\n".join(p) for p in _paragraph_lines(text)))
+
+
+def normalized_paragraphs(text: str) -> list[str]:
+    """``normalize_transcript(text)`` cut where ``text`` has blank lines: joined with ``"\n"`` the
+    paragraphs give it back exactly (so the final ``.``, if added, is on the last one)."""
+    paragraphs = ["\n".join(p) for p in _paragraph_lines(text)]
+    if paragraphs:
+        paragraphs[-1] = _end_sentence(paragraphs[-1])
+    return paragraphs
+
+
+def _paragraph_lines(text: str) -> list[list[str]]:
+    """Steps 1-4 of ``normalize_transcript``: its non-empty lines, grouped by the blank lines between them."""
     for src, dst in _PUNCTUATION.items():
         text = text.replace(src, dst)
     text = text.replace("(", " ").replace(")", " ")
     text = text.replace("°F", " degrees Fahrenheit").replace("°C", " degrees Celsius")
     for tag, marker in _SOUND_EFFECTS:
         text = text.replace(tag, marker)
-    text = "\n".join(" ".join(line.split()) for line in text.split("\n") if line.strip()).strip()
-    if text and not text.endswith(_FINAL_ENDINGS):
-        text += "."
-    return text
+    paragraphs: list[list[str]] = [[]]
+    for line in text.split("\n"):
+        line = " ".join(line.split())
+        if line:
+            paragraphs[-1].append(line)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return [p for p in paragraphs if p]
+
+
+def _end_sentence(text: str) -> str:
+    return text + "." if text and not text.endswith(_FINAL_ENDINGS) else text
 
 
 def speaker_tags(text: str) -> list[str]:
@@ -106,34 +130,51 @@ def _word_starts(text: str) -> list[int]:
     return [m.start() for m in _RUN.finditer(text) if any(c.isalnum() for c in m.group())]
 
 
-def split_chunks(text: str, method: str | None = None, max_words: int = 200, max_turns: int = 1) -> list[str]:
+def split_chunks(
+    text: str, method: str | None = None, max_words: int = 200, max_turns: int = 1, *, normalize: bool = False
+) -> list[str]:
     """Split a transcript into chunks generated one after another (spec §7.5, plus our own methods).
+
+    With ``normalize`` the text is first normalised as the reference does (``normalize_transcript``), so
+    every chunk is a piece of the reference's normalised text: blank lines are gone and paragraphs are
+    joined by one ``"\n"``.
 
     - ``None``: one chunk.
     - ``"speaker"``: one chunk per speaker turn (a line starting ``[SPEAKER`` or ``<|speaker_id_start|>``
       opens a turn), ``max_turns`` turns joined per chunk, as the reference.
-    - ``"word"``: per paragraph (split on ``"\\n\\n"``), groups of ``max_words`` words; each paragraph's last
-      chunk ends in ``"\\n\\n"``, as the reference. CJK paragraphs count characters and are re-joined
-      without spaces (the reference uses jieba words; we avoid the dependency).
+    - ``"word"``: per paragraph (split on ``"\n\n"``, which normalised text no longer has), groups of
+      ``max_words`` space-separated words; each paragraph's last chunk ends in ``"\n\n"``, as the
+      reference. Text that is mostly CJK counts characters and is re-joined without spaces (the
+      reference counts jieba words; we avoid the dependency).
     - ``"sentence"``: whole sentences packed up to ``max_words`` (a longer sentence is split by words).
     - ``"paragraph"``: whole paragraphs packed up to ``max_words``; a longer paragraph is chunked on its
       own by sentences.
+    The last two (ours) cut at the blank lines of ``text`` even when normalising: a paragraph's end is
+    always a chunk edge candidate, and the text inside a chunk stays the reference's normalised text.
     """
     if method not in CHUNK_METHODS:
         raise ValueError(f"unknown chunk method {method!r}; choose one of {', '.join(map(str, CHUNK_METHODS))}")
     if max_words < 1 or max_turns < 1:
         raise ValueError("max_words and max_turns must be at least 1")
+    if method in ("sentence", "paragraph"):
+        # Paragraphs carry the break that follows them, so a chunk's pieces concatenate to its text.
+        paragraphs = [p + "\n" for p in normalized_paragraphs(text)] if normalize else _paragraphs(text)
+        if method == "sentence":
+            return _pack([s for p in paragraphs for s in _sentences(p)], max_words)
+        return _split_paragraph(paragraphs, max_words)
+    if normalize:
+        text = normalize_transcript(text)
     if method is None:
         return [text]
     if method == "speaker":
         return _split_speaker(text, max_turns)
-    if method == "word":
-        return _split_word(text, max_words)
-    if method == "sentence":
-        return _pack([s for p in _paragraphs(text) for s in _sentences(p)], max_words)
+    return _split_word(text, max_words)
+
+
+def _split_paragraph(paragraphs: list[str], max_words: int) -> list[str]:
     chunks: list[str] = []
     run: list[str] = []
-    for paragraph in _paragraphs(text):
+    for paragraph in paragraphs:
         if count_words(paragraph) > max_words:  # chunked on its own, by sentences
             chunks += _pack(run, max_words) + _pack(_sentences(paragraph), max_words)
             run = []
@@ -159,11 +200,12 @@ def _split_speaker(text: str, max_turns: int) -> list[str]:
 
 
 def _split_word(text: str, max_words: int) -> list[str]:
+    cjk = _mostly_cjk(text)  # decided for the whole text, as the reference's language detection
     chunks: list[str] = []
     for paragraph in text.split("\n\n"):
         if not paragraph.strip():
             continue
-        if re.search(f"[{_CJK}]", paragraph):
+        if cjk:
             groups = _split_units(paragraph, max_words)
         else:
             words = [w for w in paragraph.split(" ") if w]
@@ -171,6 +213,11 @@ def _split_word(text: str, max_words: int) -> list[str]:
         chunks.extend(groups)
         chunks[-1] += "\n\n"
     return chunks
+
+
+def _mostly_cjk(text: str) -> bool:
+    """More than half of the words are CJK characters."""
+    return 2 * len(re.findall(f"[{_CJK}]", text)) > count_words(text)
 
 
 def _paragraphs(text: str) -> list[str]:

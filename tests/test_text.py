@@ -1,6 +1,6 @@
 import pytest
 
-from higgs_audio.text import count_words, normalize_transcript, speaker_tags, split_chunks
+from higgs_audio.text import count_words, normalize_transcript, normalized_paragraphs, speaker_tags, split_chunks
 
 # ---------------------------------------------------------------- normalisation
 
@@ -155,6 +155,53 @@ def test_chunks_cover_all_words():
     for method in ("word", "sentence", "paragraph"):
         chunks = split_chunks(text, method, max_words=3)
         assert " ".join(chunks).split() == text.split(), method
+
+
+BOOK = "# Title line\n\nFirst  paragraph, (one) line.\nIts second line\n\n\n  Another paragraph here. It ends"
+
+
+def test_normalisation_drops_blank_lines_first():
+    """Spec §7.3 step 5: paragraphs joined by one newline, no '.' added inside, one at the very end."""
+    normal = "# Title line\nFirst paragraph, one line.\nIts second line\nAnother paragraph here. It ends."
+    assert normalize_transcript(BOOK) == normal
+    assert normalized_paragraphs(BOOK) == ["# Title line", "First paragraph, one line.\nIts second line",
+                                           "Another paragraph here. It ends."]
+    assert "\n".join(normalized_paragraphs(BOOK)) == normal and normalized_paragraphs(" \n\n") == []
+
+
+def test_normalised_word_chunks_follow_the_reference_over_paragraphs():
+    # the reference's paragraph split on "\n\n" finds none after normalisation: words run across the breaks
+    assert split_chunks(BOOK, "word", max_words=5, normalize=True) == [
+        "# Title line\nFirst paragraph, one",
+        "line.\nIts second line\nAnother paragraph here.",
+        "It ends.\n\n",
+    ]
+    assert split_chunks(BOOK, "speaker", normalize=True) == [normalize_transcript(BOOK)]
+    assert split_chunks(BOOK, None, normalize=True) == [normalize_transcript(BOOK)]
+
+
+def test_normalised_paragraph_and_sentence_chunks_cut_at_paragraphs_only():
+    """Our extensions use the blank lines of the text for edges; the text inside is the reference's."""
+    assert split_chunks(BOOK, "paragraph", max_words=9, normalize=True) == [
+        "# Title line\nFirst paragraph, one line.\nIts second line",
+        "Another paragraph here. It ends.",
+    ]
+    assert split_chunks(BOOK, "sentence", max_words=4, normalize=True) == [
+        "# Title line",
+        "First paragraph, one line.",
+        "Its second line",
+        "Another paragraph here.",
+        "It ends.",
+    ]
+
+
+def test_word_chunks_decide_cjk_for_the_whole_text():
+    """Deliberate difference: mostly-CJK text is chunked by characters (the reference: jieba words); a CJK
+    name inside English text does not make it CJK."""
+    assert split_chunks("我们去公园吧,好吗?\n\n走吧.", "word", max_words=4, normalize=True) == [
+        "我们去公", "园吧,好吗?", "走吧.\n\n",
+    ]
+    assert split_chunks("We met 王 at noon today", "word", max_words=3) == ["We met 王", "at noon today\n\n"]
 
 
 def test_count_words():

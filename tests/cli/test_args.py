@@ -11,12 +11,14 @@ from higgs_audio.server import add_serve_arguments
 
 
 @pytest.mark.parametrize("values, expected", [
-    (["a,b"], {"SPEAKER0": "a", "SPEAKER1": "b"}),
-    (["a", "b"], {"SPEAKER0": "a", "SPEAKER1": "b"}),
-    ([",b"], {"SPEAKER1": "b"}),  # SPEAKER0 left to the model
-    (["profile:a calm, deep voice", "b"], {"SPEAKER0": "profile:a calm, deep voice", "SPEAKER1": "b"}),
+    (["a,b"], ["a", "b"]),
+    (["a", "b"], ["a", "b"]),
+    ([",b"], [None, "b"]),  # SPEAKER0 left to the model
+    (["a,"], ["a"]),  # one voice, bound to no speaker
+    (["profile:a calm, deep voice", "b"], ["profile:a calm, deep voice", "b"]),
+    (["SPEAKER0=a"], {"SPEAKER0": "a"}),  # one voice, bound to SPEAKER0
     (["SPEAKER1=b", "SPEAKER0=a,c"], {"SPEAKER1": "b", "SPEAKER0": "a,c"}),
-    ([], {}),
+    ([], []),
 ])
 def test_voice_specs(values, expected):
     assert _voice_specs(values) == expected
@@ -63,6 +65,18 @@ def test_scenes_command(capsys):
     assert capsys.readouterr().out == SCENES["reading_blog"] + "\n"
     assert main(["scenes", "quiet"]) == 2
     assert capsys.readouterr().err == "higgs-audio: error: unknown scene 'quiet'; did you mean 'quiet_indoor'?\n"
+
+
+def test_context_chunks_default_two_or_all_as_the_reference():
+    """Deliberate difference: 2 previous chunks by default; ``all`` (None) keeps every one, as the reference."""
+    from higgs_audio.cli import build_parser
+
+    def parse(*extra):
+        return build_parser().parse_args(["speak", "x", "-o", "x.wav", *extra]).context_chunks
+
+    assert parse() == 2 and parse("--context-chunks", "all") is None and parse("--context-chunks", "0") == 0
+    with pytest.raises(UsageError, match="give a number of chunks .* or 'all', got '-1'"):
+        parse("--context-chunks", "-1")
 
 
 def test_serve_numbers_name_their_bounds(capsys):

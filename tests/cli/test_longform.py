@@ -14,7 +14,6 @@ from higgs_audio.longform import (
     _fit,
     chunk_seed,
     generate_longform,
-    normalize_paragraphs,
     prompt_positions,
 )
 from higgs_audio.prompt import VoiceRef, build_context
@@ -89,30 +88,8 @@ def test_old_chunks_are_dropped_to_leave_room_for_generation(tiny_api):
         _fit(tiny_api, huge, kept, "next text", budget=150, index=3)
 
 
-def test_normalisation_keeps_paragraph_breaks():
-    assert normalize_paragraphs("one  two\n\n\n  three（four）\n\nfive [laugh]") == \
-        "one two.\n\nthree four.\n\nfive <SE>[Laughter]</SE>"
-
-
 def test_progress_bar_only_when_asked(tiny_api, capsys):
     generate_longform(tiny_api, "Quiet please.", seed=1, max_new_tokens=12)
     assert capsys.readouterr().err == ""
     generate_longform(tiny_api, "Loud please.", seed=1, max_new_tokens=12, progress=True)
     assert "chunk" in capsys.readouterr().err
-
-
-def test_a_chunk_without_audio_is_not_carried_as_context(tiny_api, monkeypatch):
-    real, calls = tiny_api.generate_batch, []
-
-    def second_chunk_silent(requests, **kwargs):
-        [result] = real(requests, **kwargs)
-        calls.append(1)
-        if len(calls) == 2:
-            result.codes, result.warnings = result.codes[:, :0], ["no audio generated"]
-        return [result]
-
-    monkeypatch.setattr(tiny_api, "generate_batch", second_chunk_silent)
-    result, seen = run(tiny_api, max_new_tokens=14)
-    assert [len(prompt.audio) for *_, prompt in seen] == [0, 1, 1]
-    assert "chunk 2/3: no audio generated" in result.warnings
-    assert len(result.audio) == result.codes.shape[1] * 960 > 0
