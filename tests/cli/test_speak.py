@@ -202,3 +202,41 @@ def test_paragraph_chunks_stdin_to_stdout(cli, tmp_path):
     assert proc.stdout[:4] == b"RIFF" and rate == RATE and len(wave) > 0 and np.isfinite(wave).all()
     assert [p["text"] for p in prompts(dump)] == ["First paragraph here.", "Second paragraph follows.",
                                                   "Third one ends it."]
+
+
+def test_long_form_prompts_are_the_references_but_for_the_forced_audio_start(cli, tmp_path, clips, tok, encode):
+    """The reference README's long-form command (reading_blog scene, one cloned voice, --chunk_method word,
+    --generation_chunk_buffer_size 2) on an en_dl.txt-like transcript: each prompt is the one the reference
+    builds (spec §3.2, §7.3-7.6, written out here by hand) plus the <|audio_out_bos|> we force."""
+    source, out, dump = tmp_path / "talk.txt", tmp_path / "talk.wav", tmp_path / "p.jsonl"
+    source.write_text("Hi, everyone! Welcome back to the Friday show.\nIt’s your host, Sam — and today we’re talking "
+                      "about rivers.\n\nSo here’s the question: where does the water go?\nWell, let’s find out.\n\n"
+                      "# Where it starts\nWe’ll begin at the source\n", encoding="utf-8")
+    cli.speak("--file", source, "-o", out, "--voice", clips.a, "--scene", "reading_blog", "--chunk", "word",
+              "--chunk-words", "9", "--context-chunks", "2", "--dump-prompts", dump)
+    chunks = [  # the reference's normalised text cut every 9 space-separated words, '\n\n' after the last
+        "Hi, everyone! Welcome back to the Friday show.\nIt's your",
+        "host, Sam - and today we're talking about rivers.\nSo",
+        "here's the question: where does the water go?\nWell, let's",
+        "find out.\n# Where it starts\nWe'll begin at the source.\n\n",
+    ]
+    ps = prompts(dump)
+    assert [p["text"] for p in ps] == chunks
+    start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
+    eot = tok.token_id("<|eot_id|>")
+    out_block = [tok.token_id(t) for t in ("<|audio_out_bos|>", "<|AUDIO_OUT|>", "<|audio_eos|>")]
+
+    def turn(role, ids):
+        return [start, *tok.encode(role), end, *tok.encode("\n\n"), *ids, eot]
+
+    system = [*tok.encode("Generate audio following instruction.\n\n"), tok.token_id("<|scene_desc_start|>"),
+              *tok.encode(f"\n{SCENES['reading_blog']}\n"), tok.token_id("<|scene_desc_end|>")]
+    context = [tok.token_id("<|begin_of_text|>"), *turn("system", system), *turn("user", tok.encode(clips.text_a)),
+               *turn("assistant", out_block)]
+    for i, p in enumerate(ps):
+        history = [t for c in chunks[max(0, i - 2) : i]
+                   for t in turn("user", tok.encode(c)) + turn("assistant", out_block)]
+        reference = [*context, *history, *turn("user", tok.encode(chunks[i])), start, *tok.encode("assistant"), end,
+                     *tok.encode("\n\n")]
+        assert p["ids"] == reference + [tok.token_id("<|audio_out_bos|>")]
+        assert len(p["audio"]) == 1 + min(i, 2) and p["audio"][0]["codes"] == encode(clips.a)
