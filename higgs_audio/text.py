@@ -75,7 +75,7 @@ def normalize_transcript(text: str) -> str:
     2. ``(`` and ``)`` -> space; ``°F`` / ``°C`` -> " degrees Fahrenheit" / " degrees Celsius".
     3. Sound-effect tags (``[laugh]``, ``[music start]``, ...) -> the model's ``<SE>``-style markers.
     4. Whitespace collapsed to single spaces within each line; blank lines dropped (paragraphs are
-       joined by a single ``\n``); stripped.
+       joined by a single ``\\n``); stripped.
     5. A final ``.`` appended unless the text already ends with ``. ! ? , ; " '`` or a closing SE marker.
 
     ``[SPEAKERn]`` tags are kept. The reference reads speaker tags (``speaker_tags``) before this step:
@@ -85,7 +85,7 @@ def normalize_transcript(text: str) -> str:
 
 
 def normalized_paragraphs(text: str) -> list[str]:
-    """``normalize_transcript(text)`` cut where ``text`` has blank lines: joined with ``"\n"`` the
+    """``normalize_transcript(text)`` cut where ``text`` has blank lines: joined with ``"\\n"`` the
     paragraphs give it back exactly (so the final ``.``, if added, is on the last one)."""
     paragraphs = ["\n".join(p) for p in _paragraph_lines(text)]
     if paragraphs:
@@ -137,13 +137,13 @@ def split_chunks(
 
     With ``normalize`` the text is first normalised as the reference does (``normalize_transcript``), so
     every chunk is a piece of the reference's normalised text: blank lines are gone and paragraphs are
-    joined by one ``"\n"``.
+    joined by one ``"\\n"``.
 
     - ``None``: one chunk.
     - ``"speaker"``: one chunk per speaker turn (a line starting ``[SPEAKER`` or ``<|speaker_id_start|>``
       opens a turn), ``max_turns`` turns joined per chunk, as the reference.
-    - ``"word"``: per paragraph (split on ``"\n\n"``, which normalised text no longer has), groups of
-      ``max_words`` space-separated words; each paragraph's last chunk ends in ``"\n\n"``, as the
+    - ``"word"``: per paragraph (split on ``"\\n\\n"``, which normalised text no longer has), groups of
+      ``max_words`` space-separated words; each paragraph's last chunk ends in ``"\\n\\n"``, as the
       reference. Text that is mostly CJK counts characters and is re-joined without spaces (the
       reference counts jieba words; we avoid the dependency).
     - ``"sentence"``: whole sentences packed up to ``max_words`` (a longer sentence is split by words).
