@@ -1,4 +1,4 @@
-"""Our torch windowed-sinc resampler against real torchaudio outputs stored in ../shared/fixtures."""
+"""Our torch windowed-sinc resampler against real torchaudio outputs stored in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from higgs_audio.codec.resample import resample
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="module")
