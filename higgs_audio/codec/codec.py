@@ -104,7 +104,11 @@ class AudioCodec:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> AudioCodec:
-        """Load either checkpoint format from a local directory or a hub id (no remote code, tensors only)."""
+        """Load either checkpoint format from a local directory or a hub id (no remote code, tensors only).
+
+        bf16 saves memory, but its codes depend on the CPU's bf16 convolution kernels (README): the library
+        always loads the codec in float32, and reference clips should be encoded in float32.
+        """
         directory = resolve(name_or_path)
         cfg, weights_path = weights.read_config(directory)
         with torch.device("meta"):

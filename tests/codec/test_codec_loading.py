@@ -164,15 +164,19 @@ def test_missing_files(tiny_codec_dirs, tmp_path):
         AudioCodec.from_pretrained(tmp_path)
 
 
-def test_bfloat16_loading_runs_close_to_float32(tiny_codec_dirs, tiny_codec):
+def test_bfloat16_loading_stores_rounded_weights_and_runs(tiny_codec_dirs, tiny_codec):
+    """bf16 loading rounds every weight once and runs. How close its codes come to float32's depends on the
+    CPU's bf16 convolution kernels (0.95 of codes agree on an AMD EPYC, 0.22 on an Intel Xeon with AMX: see
+    README), so nothing about code agreement holds everywhere, and the library loads the codec in float32."""
     half = AudioCodec.from_pretrained(tiny_codec_dirs[0], dtype=torch.bfloat16)
-    assert next(half.model.parameters()).dtype == torch.bfloat16
+    full_state, half_state = tiny_codec.model.state_dict(), half.model.state_dict()
+    assert all(torch.equal(half_state[k], full_state[k].bfloat16()) for k in full_state)
     wave = speech_like(48000)
-    codes = tiny_codec.encode(wave, 24000)
-    assert (half.encode(wave, 24000) == codes).float().mean() > 0.8  # rounding moves a few near-ties
-    full, approx = tiny_codec.decode(codes), half.decode(codes)
-    assert approx.dtype == np.float32
-    assert np.sqrt(np.mean((full - approx) ** 2)) < 0.1 * np.sqrt(np.mean(full**2))
+    codes = half.encode(wave, 24000)
+    assert codes.dtype == torch.int64 and codes.shape == (8, tiny_codec.num_frames(48000))
+    assert 0 <= codes.min() and codes.max() < tiny_codec.codebook_size
+    audio = half.decode(codes)
+    assert audio.dtype == np.float32 and audio.shape == (codes.shape[1] * 960,) and np.isfinite(audio).all()
 
 
 def test_parametrization_naming_for_every_weight_norm_pair(tiny_codec_dirs, tiny_codec, tmp_path):

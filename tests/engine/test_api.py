@@ -105,6 +105,15 @@ def test_reference_serve_engine_shim(tiny_original, tiny_codec):
     assert out.usage["total_tokens"] == out.usage["prompt_tokens"] + out.usage["completion_tokens"]
 
 
+def test_codec_stays_float32_whatever_the_model_dtype(tiny_original, tiny_codec):
+    """bf16 codec encoding depends on the CPU's bf16 kernels (README): the library never chooses it."""
+    from higgs_audio import HiggsAudio
+
+    api = HiggsAudio.from_pretrained(tiny_original, tiny_codec, device="cpu", dtype="bfloat16", max_len=64)
+    assert api.codec.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in api.codec.model.state_dict().values())
+
+
 def test_bad_base64_audio_is_a_clear_input_error(tiny_api):
     from higgs_audio import AudioInputError
 
