@@ -119,6 +119,13 @@ class HiggsAudio:
     def sample_rate(self) -> int:
         return self.codec.sample_rate
 
+    @property
+    def max_reference_seconds(self) -> float:
+        """The longest reference audio a prompt can hold: a clip of T frames takes T + K + 1 positions of the
+        cache (or of the model's positions, if fewer), and at least one position is left to generate."""
+        positions = min(self.decoder.max_len, self.model.cfg.max_position_embeddings)
+        return (positions - self.model.cfg.num_codebooks - 2) / self.codec.frame_rate
+
     # -- building requests ----------------------------------------------------------------------
 
     def voice(self, spec, transcript: str | None = None) -> VoiceRef | VoiceProfile:
@@ -127,8 +134,8 @@ class HiggsAudio:
         if isinstance(spec, (VoiceRef, VoiceProfile)):
             return spec
         if isinstance(spec, tuple) and len(spec) == 2:
-            wave, rate = spec
-            return VoiceRef(self.codec.encode(np.asarray(wave, dtype=np.float32), int(rate)), transcript)
+            return VoiceRef(self.encode_audio(AudioContent(array=np.asarray(spec[0], dtype=np.float32),
+                                                           sample_rate=int(spec[1]))), transcript)
         if isinstance(spec, str) and spec.startswith(PROFILE_PREFIX):
             name = spec[len(PROFILE_PREFIX) :].strip().strip('"')
             if self.voice_library is not None:
@@ -140,13 +147,18 @@ class HiggsAudio:
 
             return VoiceRef(self.encode_audio(path), transcript if transcript is not None else sidecar_transcript(path))
         if self.voice_library is not None:
-            return self.voice_library.get(str(spec), self.codec)
+            return self.voice_library.get(str(spec), self.codec, self.max_reference_seconds)
         raise AudioInputError(f"voice {spec!r} is not an audio file, a 'profile:' description or a known voice")
 
-    def encode_audio(self, source) -> torch.Tensor:
-        """Audio (path, bytes, base64 string of a file, AudioContent) -> codes (K, T)."""
+    def encode_audio(self, source, max_seconds: float | None = None) -> torch.Tensor:
+        """Audio (path, bytes, base64 string of a file, AudioContent) -> codes (K, T).
+
+        A clip longer than ``max_seconds`` (default and ceiling: ``max_reference_seconds``) raises
+        ``AudioTooLongError``, a ``ValueError``, before it is decoded where the file's header gives its length.
+        """
         from higgs_audio.audio import read_audio, read_audio_base64
 
+        limit = self.max_reference_seconds if max_seconds is None else min(max_seconds, self.max_reference_seconds)
         if isinstance(source, AudioContent):
             kind = source.source
             if kind is None:
@@ -155,12 +167,14 @@ class HiggsAudio:
                 return source.codes
             if kind == "array":
                 wave = source.array.numpy() if isinstance(source.array, torch.Tensor) else source.array
-                return self.codec.encode(np.asarray(wave, dtype=np.float32), source.sample_rate)
+                wave, rate = read_audio(np.asarray(wave, dtype=np.float32), source.sample_rate, mono=False,
+                                        max_seconds=limit)
+                return self.codec.encode(wave, rate)
             if kind == "raw_audio":
-                wave, rate = read_audio_base64(source.raw_audio)
+                wave, rate = read_audio_base64(source.raw_audio, max_seconds=limit)
                 return self.codec.encode(wave, rate)
             source = source.data if kind == "data" else source.audio_url
-        wave, rate = read_audio(source)
+        wave, rate = read_audio(source, max_seconds=limit)
         return self.codec.encode(wave, rate)
 
     def request(
@@ -191,10 +205,13 @@ class HiggsAudio:
         else:
             messages = coerce_messages(messages)
             spoken = " ".join(_texts(messages[-1]))
+        budget = self.max_reference_seconds  # for all the clips together: one prompt holds them all
         for m in messages:
             for c in m.contents():
                 if isinstance(c, AudioContent) and c.codes is None:
-                    c.codes = self.encode_audio(c)
+                    c.codes = self.encode_audio(c, max_seconds=max(budget, 0.0))
+                if isinstance(c, AudioContent):
+                    budget -= c.codes.shape[1] / self.codec.frame_rate
         prompt = build_prompt(messages, self.tokenizer, add_generation_prompt=True, force_audio=force_audio)
         params.setdefault("max_audio_seconds", default_max_audio_seconds(spoken))
         return Request(prompt.ids, [a.codes for a in prompt.audio], SamplingParams(**params))

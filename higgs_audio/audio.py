@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from higgs_audio.errors import AudioInputError
+from higgs_audio.errors import AudioInputError, AudioTooLongError
 from higgs_audio.files import atomic_write
 
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
@@ -71,42 +71,128 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
     return wave if wave.ndim == 1 else wave.mean(axis=0, dtype=np.float32)
 
 
-def _decode_file(file: str | io.BytesIO, name: str) -> tuple[np.ndarray, int]:
+_UNKNOWN_FRAMES = (0, 2**63 - 1)  # what libsndfile reports for a streamed WAV (0) or FLAC (SF_COUNT_MAX)
+
+
+def _too_long(seconds: float, max_seconds: float | None, name: str) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLongError(
+            f"{name} lasts {seconds:.1f} s but at most {max_seconds:.1f} s is accepted (the longest reference "
+            "clip the model's prompt can hold); cut the clip to a shorter excerpt"
+        )
+
+
+def _unreadable(name: str, reason: str) -> AudioInputError:
+    return AudioInputError(f"{name} is not a readable audio file ({reason}); use WAV, FLAC, MP3, OGG (Vorbis/Opus)"
+                           " or AAC/M4A")
+
+
+def _decode_file(file: str | io.BytesIO, name: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode with libsndfile when the header gives the length, which is checked before anything is decoded.
+
+    Files whose header cannot say how long they are (streamed WAV and FLAC) and formats libsndfile lacks
+    (AAC, M4A) are decoded with FFmpeg (PyAV) instead, a block at a time, stopping once past ``max_seconds``.
+    """
     try:
-        data, rate = sf.read(file, dtype="float32", always_2d=True)
+        with sf.SoundFile(file) as f:
+            if f.frames not in _UNKNOWN_FRAMES:
+                _too_long(f.frames / f.samplerate, max_seconds, name)
+                return check_wave(f.read(dtype="float32", always_2d=True).T, name), int(f.samplerate)
+        reason = "its header does not give its length"
     except sf.LibsndfileError as e:
-        raise AudioInputError(
-            f"{name} is not a readable audio file ({e.error_string}); use WAV, FLAC, MP3 or OGG (Vorbis/Opus)"
-        ) from None
+        reason = e.error_string
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioInputError(f"{name} could not be decoded as audio: {e}") from None
-    return check_wave(data.T, name), int(rate)
+    if isinstance(file, io.BytesIO):
+        file.seek(0)
+    return _decode_av(file, name, max_seconds, reason)
 
 
-def read_audio(source: AudioSource, sample_rate: int | None = None, *, mono: bool = True) -> tuple[np.ndarray, int]:
+def _decode_av(file: str | io.BytesIO, name: str, max_seconds: float | None, reason: str) -> tuple[np.ndarray, int]:
+    try:
+        import av
+    except ImportError:
+        raise _unreadable(name, f"{reason}; installing PyAV ('pip install av') lets FFmpeg read it") from None
+    try:
+        container = av.open(file, "r")
+    except (av.FFmpegError, ValueError) as e:
+        raise _unreadable(name, reason if isinstance(file, io.BytesIO) else str(e)) from None
+    with container:
+        if not container.streams.audio:
+            raise _unreadable(name, "it holds no audio stream")
+        stream = container.streams.audio[0]
+        if container.duration is not None:  # the container's own estimate, in microseconds
+            _too_long(container.duration / 1e6, max_seconds, name)
+        rate = stream.codec_context.sample_rate
+        channels = stream.codec_context.channels
+        # Every frame as float32 planes at the stream's own rate and layout (decoders differ in sample format).
+        planar = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
+        blocks, samples = [], 0
+        try:
+            for frame in container.decode(stream):
+                for out in planar.resample(frame):
+                    blocks.append(out.to_ndarray().reshape(channels, -1))
+                    samples += blocks[-1].shape[1]
+                if rate and samples > rate * (max_seconds or math.inf):
+                    _too_long(samples / rate, max_seconds, name)
+        except av.FFmpegError as e:
+            raise AudioInputError(f"{name} could not be decoded as audio: {e}") from None
+    if not blocks or not rate:
+        raise AudioInputError(f"{name} is empty (no samples)")
+    return check_wave(np.concatenate(blocks, axis=1), name), int(rate)
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Refuse a file neither libsndfile nor FFmpeg can open, reading its header only (nothing is decoded)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AudioInputError(f"audio file {path} does not exist")
+    try:
+        sf.info(str(path))
+        return
+    except (sf.LibsndfileError, RuntimeError) as e:
+        reason = getattr(e, "error_string", str(e))
+    try:
+        import av
+    except ImportError:
+        raise _unreadable(str(path), reason) from None
+    try:
+        with av.open(str(path), "r") as container:
+            if container.streams.audio:
+                return
+            reason = "it holds no audio stream"
+    except (av.FFmpegError, ValueError):
+        pass
+    raise _unreadable(str(path), reason)
+
+
+def read_audio(source: AudioSource, sample_rate: int | None = None, *, mono: bool = True,
+               max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read audio from a file path, the bytes of a file, a ``data:`` URI or an array; return (wave, rate).
 
     ``sample_rate`` is the rate of an array source and must not be given for files (they carry their own).
-    With ``mono`` the channels are averaged.
+    With ``mono`` the channels are averaged. A clip longer than ``max_seconds`` raises ``AudioTooLongError``
+    (a ``ValueError``), from the file's header where it gives the length, so nothing long is decoded.
     """
     if isinstance(source, np.ndarray) or hasattr(source, "detach"):
         if sample_rate is None:
             raise AudioInputError("audio given as an array needs its sample_rate")
         if int(sample_rate) <= 0:
             raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
+        _too_long(source.shape[-1] / int(sample_rate), max_seconds, "the audio array")
         wave, rate = check_wave(source), int(sample_rate)
     else:
         if sample_rate is not None:
             raise AudioInputError("sample_rate is only for arrays: audio files carry their own rate")
         if isinstance(source, str) and source.startswith("data:"):
-            return read_audio_base64(source, mono=mono)
+            return read_audio_base64(source, mono=mono, max_seconds=max_seconds)
         if isinstance(source, (bytes, bytearray, memoryview)):
-            wave, rate = _decode_file(io.BytesIO(bytes(source)), "the audio bytes")
+            wave, rate = _decode_file(io.BytesIO(bytes(source)), "the audio bytes", max_seconds)
         elif isinstance(source, (str, os.PathLike)):
             path = Path(source).expanduser()
             if not path.is_file():
                 raise AudioInputError(f"audio file {path} does not exist")
-            wave, rate = _decode_file(str(path), str(path))
+            wave, rate = _decode_file(str(path), str(path), max_seconds)
         else:
             raise AudioInputError(
                 f"cannot read audio from a {type(source).__name__}: pass a path, file bytes, a data: URI "
@@ -115,7 +201,7 @@ def read_audio(source: AudioSource, sample_rate: int | None = None, *, mono: boo
     return (to_mono(wave) if mono else wave), rate
 
 
-def read_audio_base64(data: str, *, mono: bool = True) -> tuple[np.ndarray, int]:
+def read_audio_base64(data: str, *, mono: bool = True, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read an audio file encoded as base64, bare or as a ``data:audio/...;base64,`` URI."""
     if data.startswith("data:"):
         header, sep, data = data.partition(",")
@@ -125,7 +211,7 @@ def read_audio_base64(data: str, *, mono: bool = True) -> tuple[np.ndarray, int]
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
         raise AudioInputError(f"audio is not valid base64: {e}") from None
-    return read_audio(raw, mono=mono)
+    return read_audio(raw, mono=mono, max_seconds=max_seconds)
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

@@ -144,7 +144,7 @@ class _Clip:
 
 def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
     """A ``VoiceProfile`` or a ``_Clip`` for one ``--voice`` value: a profile, an audio path or a library name."""
-    from higgs_audio.audio import read_audio
+    from higgs_audio.audio import check_readable
 
     if spec.startswith("profile:"):
         if ref_text is not None:
@@ -160,7 +160,7 @@ def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
         if voice.is_profile:
             raise UsageError(f"{spec!r} is a profile; use it as 'profile:{spec}'")
         clip = _Clip(f"library voice {spec!r}", voice.audio, ref_text or voice.transcript)
-    read_audio(clip.audio)  # refuse unreadable audio before the model loads
+    check_readable(clip.audio)  # refuse unreadable audio before the model loads; its length once it has
     return clip
 
 
@@ -180,10 +180,12 @@ def _plan_voices(args, library: VoiceLibrary) -> dict | list:
     return plan
 
 
-def _encode_voices(plan: dict | list, library: VoiceLibrary, codec) -> dict | list:
+def _encode_voices(plan: dict | list, library: VoiceLibrary, api) -> dict | list:
     from higgs_audio.prompt import VoiceRef
 
-    return _each(plan, lambda v: VoiceRef(library.encode(v.audio, codec), v.transcript) if isinstance(v, _Clip) else v)
+    limit = api.max_reference_seconds
+    return _each(plan, lambda v: VoiceRef(library.encode(v.audio, api.codec, limit), v.transcript)
+                 if isinstance(v, _Clip) else v)
 
 
 def _text_or_file(value: str, what: str) -> str:
@@ -250,7 +252,7 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
                                      quantize=args.quantize, max_len=args.max_len,
                                      prefix_cache_dir=prefix_dir(),
                                      progress=sys.stderr.isatty() and not args.quiet)
-    voices = _encode_voices(plan, library, api.codec)
+    voices = _encode_voices(plan, library, api)
     dump, handle = _prompt_dumper(args.dump_prompts)
     try:
         result = generate_longform(

@@ -11,3 +11,7 @@ class CheckpointError(HiggsAudioError):
 
 class AudioInputError(HiggsAudioError):
     """Audio given by the user cannot be read or used."""
+
+
+class AudioTooLongError(AudioInputError, ValueError):
+    """A clip is longer than the limit it was read under (for a reference voice: what the prompt can hold)."""

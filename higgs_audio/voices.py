@@ -196,14 +196,15 @@ class VoiceLibrary:
         raise VoiceError(f"unknown voice {name!r}{did_you_mean(name, list(clips) + [f'profile:{p}' for p in profiles])}"
                          " (see 'higgs-audio voices list', or give a path to an audio file)")
 
-    def get(self, name: str, codec):
-        """A library voice as a ``VoiceRef`` (codes from the cache, encoded on first use)."""
+    def get(self, name: str, codec, max_seconds: float | None = None):
+        """A library voice as a ``VoiceRef`` (codes from the cache, encoded on first use); a clip longer than
+        ``max_seconds`` raises ``AudioTooLongError``."""
         from higgs_audio.prompt import VoiceRef
 
         voice = self.find(name)
         if voice.is_profile:
             raise VoiceError(f"{name!r} is a profile; use it as 'profile:{name}'")
-        return VoiceRef(self.encode(voice.audio, codec), voice.transcript)
+        return VoiceRef(self.encode(voice.audio, codec, max_seconds), voice.transcript)
 
     def profile(self, name: str):
         """A ``VoiceProfile`` from a profile name, or from free text (anything that is not a voice name)."""
@@ -216,8 +217,9 @@ class VoiceLibrary:
             return VoiceProfile(name)
         return VoiceProfile(self.find(f"profile:{name}").description)
 
-    def encode(self, audio: str | os.PathLike, codec):
-        """Codes (K, T) of an audio file, from the cache when this file was encoded by this codec before."""
+    def encode(self, audio: str | os.PathLike, codec, max_seconds: float | None = None):
+        """Codes (K, T) of an audio file, from the cache when this file was encoded by this codec before;
+        one longer than ``max_seconds`` raises ``AudioTooLongError`` before it is decoded."""
         import torch
 
         from higgs_audio.audio import read_audio
@@ -234,7 +236,7 @@ class VoiceLibrary:
                 return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.int64))
             except (OSError, ValueError):
                 cached.unlink(missing_ok=True)  # a damaged cache entry is re-made below
-        wave, rate = read_audio(audio)
+        wave, rate = read_audio(audio, max_seconds=max_seconds)
         codes = codec.encode(wave, rate)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -244,15 +246,17 @@ class VoiceLibrary:
 
     # -- changing -------------------------------------------------------------------------------
 
-    def add(self, name: str, audio: str | os.PathLike, transcript: str, *, force: bool = False) -> Voice:
-        """Copy ``audio`` into the library as ``NAME<suffix>`` with ``NAME.txt``; replace only with ``force``."""
+    def add(self, name: str, audio: str | os.PathLike, transcript: str, *, force: bool = False,
+            max_seconds: float | None = None) -> Voice:
+        """Copy ``audio`` into the library as ``NAME<suffix>`` with ``NAME.txt``; replace only with ``force``.
+        A clip longer than ``max_seconds`` raises ``AudioTooLongError`` before it is decoded."""
         from higgs_audio.audio import read_audio
 
         check_name(name)
         audio = Path(audio).expanduser()
         if audio.suffix.lower() not in AUDIO_SUFFIXES:
             raise AudioInputError(f"{audio}: use an audio file ending in {', '.join(AUDIO_SUFFIXES)}")
-        read_audio(audio)  # refuse unreadable audio now rather than at the first use
+        read_audio(audio, max_seconds=max_seconds)  # refuse unusable audio now rather than at the first use
         transcript = " ".join(transcript.split()) if transcript else ""
         if not transcript:
             raise VoiceError(f"voice {name!r} needs the words spoken in the clip: pass --text")

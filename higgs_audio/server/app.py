@@ -118,7 +118,7 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
         if file is not None and description is None:
             if not (transcript or "").strip():
                 raise APIError(400, "give the transcript: the words spoken in the clip", param="transcript")
-            voice = await _add_clip(voices, name, transcript, file, force)
+            voice = await _add_clip(voices, name, transcript, file, force, api.max_reference_seconds)
             return {"id": voice.name, "object": "voice", "kind": voice.kind, "transcript": voice.transcript}
         if file is None and description is not None:
             voice = await run_in_threadpool(lambda: voices.add_profile(name, description, force=force))
@@ -149,7 +149,8 @@ def _lifespan(scheduler: Scheduler):
     return lifespan
 
 
-async def _add_clip(voices: VoiceLibrary, name: str, transcript: str, file: UploadFile, force: bool):
+async def _add_clip(voices: VoiceLibrary, name: str, transcript: str, file: UploadFile, force: bool,
+                    max_seconds: float):
     suffix = Path(file.filename or "").suffix.lower()
     if suffix not in AUDIO_SUFFIXES:
         raise APIError(400, f"upload an audio file named *{', *'.join(AUDIO_SUFFIXES)}", param="file")
@@ -157,4 +158,5 @@ async def _add_clip(voices: VoiceLibrary, name: str, transcript: str, file: Uplo
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(data)
-        return await run_in_threadpool(lambda: voices.add(name, path, transcript, force=force))
+        return await run_in_threadpool(lambda: voices.add(name, path, transcript, force=force,
+                                                           max_seconds=max_seconds))

@@ -3,7 +3,10 @@
 Whole files use ``higgs_audio.audio.encode_audio`` (proper headers with lengths), except AAC, which
 libsndfile lacks. Streams cannot seek back to patch a header, so they are encoded incrementally with PyAV
 (FFmpeg) into containers that need no length up front; WAV streams get a header whose sizes say
-"unknown" (0xFFFFFFFF), as streaming TTS services do. ``pcm`` is raw s16le mono at the model's rate.
+"unknown" (0xFFFFFFFF), as streaming TTS services do, which every reader accepts. FLAC is the exception:
+a FLAC header of unknown length (0 samples) is valid, but libsndfile (soundfile) cannot read such a file, so
+a FLAC stream is encoded as it goes and sent whole at the end, its header patched with the length.
+``pcm`` is raw s16le mono at the model's rate.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ def wav_header(sample_rate: int, data_bytes: int | None = None) -> bytes:
     riff, data = (0xFFFFFFFF, 0xFFFFFFFF) if data_bytes is None else (36 + data_bytes, data_bytes)
     fmt = struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
     return b"RIFF" + struct.pack("<I", riff) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", data)
+
+
+def flac_with_length(data: bytes, samples: int) -> bytes:
+    """``data``, a FLAC file, with its total sample count written into STREAMINFO (the first metadata block,
+    right after the 4-byte marker and the 4-byte block header): the low 36 bits of its bytes 10-17."""
+    if data[:4] != b"fLaC" or data[4] & 0x7F != 0:
+        raise ValueError("not a FLAC stream starting with its STREAMINFO block")
+    start = 8 + 10
+    field = int.from_bytes(data[start : start + 8], "big") & ~((1 << 36) - 1) | samples
+    return data[:start] + field.to_bytes(8, "big") + data[start + 8 :]
 
 
 class _Sink(io.RawIOBase):
@@ -97,7 +110,7 @@ class StreamEncoder:
             return out
         if len(wave):
             self._encode(np.clip(wave, -1.0, 1.0).astype(np.float32))
-        return self._sink.take()
+        return b"" if self.fmt == "flac" else self._sink.take()
 
     def close(self) -> bytes:
         if self._container is None:
@@ -105,7 +118,8 @@ class StreamEncoder:
             return out
         self._encode(None)
         self._container.close()
-        return self._sink.take()
+        out = self._sink.take()
+        return flac_with_length(out, self._pts) if self.fmt == "flac" else out
 
     def _encode(self, wave: np.ndarray | None) -> None:
         import av

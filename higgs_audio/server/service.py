@@ -69,7 +69,8 @@ def library_voice(service: Service, name: str):
     """(voice, preset system prompt) for a library clip or profile name, or None if there is none."""
     clips, profiles = service.voices.entries()
     if name in clips:
-        return service.voices.get(name, service.api.codec), clips[name].system_prompt
+        api = service.api
+        return service.voices.get(name, api.codec, api.max_reference_seconds), clips[name].system_prompt
     key = name[len("profile:"):] if name.startswith("profile:") else name
     if key in profiles:
         return VoiceProfile(profiles[key].description), None

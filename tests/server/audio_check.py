@@ -17,7 +17,7 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
     """(float samples, sample rate) of a response body."""
     if fmt in ("pcm", "pcm16"):
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767, RATE
-    if fmt in ("flac", "aac"):  # streamed FLAC has no total length, which soundfile cannot read
+    if fmt == "aac":  # libsndfile has no AAC decoder
         import av
 
         with av.open(io.BytesIO(data)) as container:

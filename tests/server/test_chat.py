@@ -133,7 +133,8 @@ def test_bad_chat_requests_are_openai_errors(server):
 
 
 def test_a_prompt_longer_than_the_cache_is_a_400(server):
-    """45 s of reference audio is 1125 frames: more than the test server's 1024 positions per request."""
+    """45 s of reference audio is 1125 frames: more than the test server's 1024 positions per request hold
+    (40.6 s of audio once the delay pattern's 9 columns and a position to generate are counted)."""
     t = np.arange(45 * 8000) / 8000
     buffer = io.BytesIO()
     sf.write(buffer, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 8000, format="WAV")
@@ -144,5 +145,5 @@ def test_a_prompt_longer_than_the_cache_is_a_400(server):
     with server.client() as c:
         r = c.post("/v1/chat/completions", json={"messages": messages})
         health = c.get("/health").json()
-    assert r.status_code == 400 and "positions" in r.json()["error"]["message"], r.text
+    assert r.status_code == 400 and "at most 40.6 s" in r.json()["error"]["message"], r.text
     assert health["active"] == 0 and health["queued"] == 0
