@@ -95,12 +95,16 @@ def _decode_file(file: str | io.BytesIO, name: str, max_seconds: float | None = 
     """
     try:
         with sf.SoundFile(file) as f:
-            if f.frames not in _UNKNOWN_FRAMES:
-                _too_long(f.frames / f.samplerate, max_seconds, name)
-                return check_wave(f.read(dtype="float32", always_2d=True).T, name), int(f.samplerate)
+            frames, rate = f.frames, int(f.samplerate)
+            if frames not in _UNKNOWN_FRAMES:
+                _too_long(frames / rate, max_seconds, name)
+                data = f.read(dtype="float32", always_2d=True)
+                return check_wave(data.T, name), rate
         reason = "its header does not give its length"
     except sf.LibsndfileError as e:
         reason = e.error_string
+    except AudioInputError:
+        raise
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
         raise AudioInputError(f"{name} could not be decoded as audio: {e}") from None
     if isinstance(file, io.BytesIO):

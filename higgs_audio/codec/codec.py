@@ -36,7 +36,7 @@ from higgs_audio.codec.config import CodecConfig
 from higgs_audio.codec.quantizer import ResidualVQ
 from higgs_audio.codec.resample import resample
 from higgs_audio.codec.semantic import Hubert, SemanticEncoder
-from higgs_audio.codec.streaming import batch_key, step_together, streaming_decoder
+from higgs_audio.codec.streaming import acoustic_encoder_in_chunks, batch_key, step_together, streaming_decoder
 from higgs_audio.config import DEFAULT_CODEC
 from higgs_audio.errors import AudioInputError
 from higgs_audio.files import resolve
@@ -56,19 +56,29 @@ class CodecModel(nn.Module):
         self.fc2 = nn.Linear(cfg.quantizer_dim, cfg.latent_dim)
         self.quantizer = ResidualVQ(cfg.quantizer_dim, cfg.num_codebooks, cfg.codebook_size, cfg.codebook_dim)
 
-    def encode(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, 1, T) at ``cfg.sample_rate`` -> codes (B, num_codebooks, frames)."""
+    def encode(self, wave: torch.Tensor, chunk_seconds: float | None = None) -> torch.Tensor:
+        """(B, 1, T) at ``cfg.sample_rate`` -> codes (B, num_codebooks, frames).
+
+        With ``chunk_seconds``, a longer clip runs through the two conv stacks at the audio rates (the
+        acoustic encoder and HuBERT's feature extractor, where nearly all the memory goes) that much audio at
+        a time, so their activations stay bounded; the sums are the same, only float rounding may differ.
+        """
         cfg = self.cfg
         factor, half_hop = cfg.semantic_downsample_factor, cfg.semantic_hop // 2
+        chunk = None if chunk_seconds is None else max(1, round(chunk_seconds * cfg.sample_rate))
+        semantic_chunk = None if chunk is None else max(1, chunk * cfg.semantic_sample_rate // cfg.sample_rate)
         # The fixed-kernel resampler runs in float32 whatever the model dtype, like the reference.
         semantic = resample(wave[:, 0].float(), cfg.sample_rate, cfg.semantic_sample_rate).to(wave.dtype)
-        features = self.semantic_model(F.pad(semantic, (half_hop, half_hop)))[:, ::factor]
+        features = self.semantic_model(F.pad(semantic, (half_hop, half_hop)), semantic_chunk)[:, ::factor]
         e_semantic = self.encoder_semantic(features.transpose(1, 2))
         frames = e_semantic.shape[-1]
         if self.acoustic_encoder.output_length(wave.shape[-1]) != frames:
             pad = half_hop * factor
             wave = F.pad(wave, (pad, pad))
-        e_acoustic = self.acoustic_encoder(wave)
+        if chunk is not None and wave.shape[-1] > chunk:
+            e_acoustic = acoustic_encoder_in_chunks(self.acoustic_encoder, wave, chunk)
+        else:
+            e_acoustic = self.acoustic_encoder(wave)
         frames = min(frames, e_acoustic.shape[-1])
         joint = torch.cat([e_acoustic[..., :frames], e_semantic[..., :frames]], dim=1)
         return self.quantizer.encode(self.fc(joint.transpose(1, 2)))
@@ -89,6 +99,13 @@ class AudioCodec:
         self.model = model.eval().requires_grad_(False)
         self.config = model.cfg
         self.device, self.dtype = device, dtype
+        self.chunk_seconds: float = 5.0
+        """Clips longer than this run through the encoder's audio-rate conv stacks this much at a time (same
+        codes; the activations of a full-size codec take about 50 MB per second of audio at once)."""
+        self.segment_seconds: float = 300.0
+        """Clips longer than this are encoded as consecutive segments of at most this length, each on its own,
+        so memory stays bounded however long the clip (HuBERT's attention spans one segment; codes of a
+        clip this long or shorter are those of the whole clip)."""
         context, lookahead = model.acoustic_decoder.context_frames()
         self.decoder_context_frames: int = context
         """Frames before a frame that its decoded samples depend on (left receptive field)."""
@@ -194,19 +211,30 @@ class AudioCodec:
         if len(rates) != len(waves):
             raise ValueError(f"{len(waves)} clips but {len(rates)} sample rates")
         prepared = [self._prepare(w, r, loudness_normalize, loudness_target) for w, r in zip(waves, rates, strict=True)]
+        pieces = [(i, segment) for i, w in enumerate(prepared) for segment in self._segments(w)]
         by_length: dict[int, list[int]] = {}
-        for i, w in enumerate(prepared):
-            by_length.setdefault(w.shape[-1], []).append(i)
-        out: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
+        for p, (_, w) in enumerate(pieces):
+            by_length.setdefault(w.shape[-1], []).append(p)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(pieces)
         with torch.inference_mode():
             for indices in by_length.values():
                 for start in range(0, len(indices), max_batch):
                     group = indices[start : start + max_batch]
-                    batch = torch.from_numpy(np.stack([prepared[i] for i in group]))[:, None]
-                    codes = self.model.encode(batch.to(self.device, self.dtype)).cpu()
-                    for i, c in zip(group, codes, strict=True):
-                        out[i] = c
-        return out
+                    batch = torch.from_numpy(np.stack([pieces[p][1] for p in group]))[:, None]
+                    codes = self.model.encode(batch.to(self.device, self.dtype), self.chunk_seconds).cpu()
+                    for p, c in zip(group, codes, strict=True):
+                        out[p] = c
+        return [torch.cat([out[p] for p, (i, _) in enumerate(pieces) if i == clip], dim=-1)
+                for clip in range(len(prepared))]
+
+    def _segments(self, wave: np.ndarray) -> list[np.ndarray]:
+        """``wave`` cut into equal whole-frame segments of at most ``segment_seconds`` (the last one shorter)."""
+        longest = max(self.hop_length, int(self.segment_seconds * self.sample_rate) // self.hop_length * self.hop_length)
+        if wave.shape[-1] <= longest:
+            return [wave]
+        count = -(-wave.shape[-1] // longest)
+        length = -(-wave.shape[-1] // (count * self.hop_length)) * self.hop_length
+        return [wave[i : i + length] for i in range(0, wave.shape[-1], length)]
 
     def _check_codes(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
         codes = torch.as_tensor(codes)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from higgs_audio.codec.config import CodecConfig, HubertConfig
+from higgs_audio.codec.streaming import features_in_chunks
 
 
 class _FeatureConv(nn.Module):
@@ -124,19 +125,24 @@ class Hubert(nn.Module):
         self.feature_projection = _FeatureProjection(cfg)
         self.encoder = _Encoder(cfg)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """(B, N) 16 kHz samples -> (B, frames, hidden): the mean of all hidden states.
 
         The teacher target averages the encoder input (after positional conv and layer norm) with every
-        layer's output.
+        layer's output. With ``chunk``, a longer input goes through the conv feature extractor (the costly
+        part: 512 channels at 3.2 kHz) that many samples at a time.
         """
-        x = self.feature_projection(self.feature_extractor(wave).transpose(1, 2))
+        if chunk is not None and wave.shape[-1] > chunk:
+            features = features_in_chunks(self.feature_extractor, wave, chunk)
+        else:
+            features = self.feature_extractor(wave)
+        x = self.feature_projection(features.transpose(1, 2))
         x = self.encoder.layer_norm(x + self.encoder.pos_conv_embed(x))
-        states = [x]
+        total = x  # summed in the order torch.stack(...).mean(dim=1) sums, without holding every state
         for layer in self.encoder.layers:
             x = layer(x)
-            states.append(x)
-        return torch.stack(states, dim=1).mean(dim=1)
+            total = total + x
+        return total / (len(self.encoder.layers) + 1)
 
     def output_length(self, length: int) -> int:
         for layer in self.feature_extractor.conv_layers:

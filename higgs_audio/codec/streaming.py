@@ -1,4 +1,5 @@
-"""Exact streaming for the acoustic decoder: every layer keeps just the input tail it still needs.
+"""Exact streaming for the acoustic decoder (and the encoders' conv stacks): every layer keeps just the input
+tail it still needs.
 
 The decoder's convs are non-causal (zero padding on both sides), so a layer's output sample is final once
 the few input samples to its right have arrived. Each conv here keeps that tail as state, computes only the
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from higgs_audio.codec.acoustic import AcousticDecoder, DecoderBlock, ResidualUnit, Snake
+from higgs_audio.codec.acoustic import AcousticDecoder, AcousticEncoder, DecoderBlock, EncoderBlock, ResidualUnit, Snake
 
 
 def _empty_like(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -49,12 +50,15 @@ class _Pointwise:
 
 
 class _Conv:
-    """Stride-1 conv with symmetric padding ``p`` (its reach, (k - 1) * d, is 2p)."""
+    """Conv with stride s and zero padding p on both sides: an output is final once the ``reach``
+    ((k - 1) * d) inputs from its first one have arrived; the next output starts s inputs later."""
 
     def __init__(self, conv: nn.Conv1d) -> None:
         self.conv = conv
-        self.pad = conv.padding[0]
+        self.pad, self.stride = conv.padding[0], conv.stride[0]
         self.reach = conv.dilation[0] * (conv.kernel_size[0] - 1)
+        if self.reach + 1 < self.stride:
+            raise ValueError("streaming needs convs whose kernel spans at least their stride")
         self.tail: torch.Tensor | None = None  # inputs not yet consumed, starting with the left padding
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,8 +68,10 @@ class _Conv:
         if buf.shape[-1] <= self.reach:
             self.tail = buf
             return _empty_like(x, self.conv.out_channels)
-        self.tail = buf[..., buf.shape[-1] - self.reach :]
-        return F.conv1d(buf, self.conv.weight, self.conv.bias, dilation=self.conv.dilation)
+        outputs = (buf.shape[-1] - self.reach - 1) // self.stride + 1
+        self.tail = buf[..., outputs * self.stride :]
+        used = buf[..., : (outputs - 1) * self.stride + self.reach + 1]
+        return F.conv1d(used, self.conv.weight, self.conv.bias, stride=self.stride, dilation=self.conv.dilation)
 
     def flush(self) -> torch.Tensor | None:
         if self.tail is None:
@@ -221,15 +227,51 @@ def _layers(module: nn.Module) -> list:
     if isinstance(module, Snake):
         return [_Pointwise(module)]
     if isinstance(module, nn.Conv1d):
-        if module.stride[0] != 1 or 2 * module.padding[0] != module.dilation[0] * (module.kernel_size[0] - 1):
-            raise ValueError("streaming supports stride-1 convs with symmetric 'same' padding")
         return [_Conv(module)]
     if isinstance(module, ResidualUnit):
         return [_Residual.of(module)]
     if isinstance(module, DecoderBlock):
         return [_Pointwise(module.snake1), _ConvTranspose(module.conv_t1),
                 *(_Residual.of(u) for u in (module.res_unit1, module.res_unit2, module.res_unit3))]
+    if isinstance(module, EncoderBlock):
+        return [*(_Residual.of(u) for u in (module.res_unit1, module.res_unit2, module.res_unit3)),
+                _Pointwise(module.snake1), _Conv(module.conv1)]
     raise TypeError(f"no streaming form for {type(module).__name__}")
+
+
+def run_in_chunks(state: _Sequence, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``state`` stepped over ``x`` (B, C, T) ``chunk`` samples at a time, then flushed: the one-shot output,
+    with only one chunk's activations alive at a time."""
+    pieces = [state.step(x[..., i : i + chunk]) for i in range(0, x.shape[-1], chunk)]
+    rest = state.flush()
+    return torch.cat(pieces if rest is None else [*pieces, rest], dim=-1)
+
+
+def acoustic_encoder_in_chunks(encoder: AcousticEncoder, wave: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``encoder(wave)`` computed ``chunk`` input samples at a time (the same sums; float rounding may differ)."""
+    modules = [encoder.conv1, *encoder.block, encoder.snake1, encoder.conv2]
+    return run_in_chunks(_Sequence([layer for m in modules for layer in _layers(m)]), wave, chunk)
+
+
+def features_in_chunks(extractor: nn.Module, wave: torch.Tensor, chunk: int) -> torch.Tensor:
+    """HuBERT's conv feature extractor over (B, N) samples, ``chunk`` at a time. Its first layer's group norm
+    (one group per channel) normalises over the whole clip, so a first pass gathers each channel's mean and
+    variance from that layer's conv alone; the second pass applies them as the one-shot norm would."""
+    first, *rest = extractor.conv_layers
+    x = wave[:, None]
+    total = square = count = 0
+    stats = _Sequence([_Conv(first.conv)])
+    for i in range(0, x.shape[-1], chunk):
+        y = stats.step(x[..., i : i + chunk]).double()
+        total, square, count = total + y.sum(-1), square + y.square().sum(-1), count + y.shape[-1]
+    mean = total / count
+    rstd = (square / count - mean.square()).clamp_min(0).add(first.layer_norm.eps).rsqrt()
+    scale = (rstd * first.layer_norm.weight.double()).to(x.dtype)[..., None]
+    shift = (first.layer_norm.bias.double() - mean * scale.double()[..., 0]).to(x.dtype)[..., None]
+    layers = [_Conv(first.conv), _Pointwise(lambda y: torch.addcmul(shift, y, scale)), _Pointwise(F.gelu)]
+    for layer in rest:
+        layers += [_Conv(layer.conv), _Pointwise(F.gelu)]
+    return run_in_chunks(_Sequence(layers), x, chunk)
 
 
 def streaming_decoder(decoder: AcousticDecoder) -> _Sequence:
