@@ -2,13 +2,14 @@
 
 from higgs_audio.api import GenerationResult, HiggsAudio
 from higgs_audio.engine import SamplingParams
-from higgs_audio.errors import AudioInputError, CheckpointError, HiggsAudioError
+from higgs_audio.errors import AudioInputError, AudioTooLongError, CheckpointError, HiggsAudioError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, TextContent
 from higgs_audio.prompt import VoiceProfile, VoiceRef
 
 __all__ = [
     "AudioContent",
     "AudioInputError",
+    "AudioTooLongError",
     "ChatMLSample",
     "CheckpointError",
     "GenerationResult",

@@ -99,9 +99,9 @@ class AudioCodec:
         self.model = model.eval().requires_grad_(False)
         self.config = model.cfg
         self.device, self.dtype = device, dtype
-        self.chunk_seconds: float = 5.0
+        self.chunk_seconds: float | None = 5.0
         """Clips longer than this run through the encoder's audio-rate conv stacks this much at a time (same
-        codes; the activations of a full-size codec take about 50 MB per second of audio at once)."""
+        codes; the activations of a full-size codec take about 50 MB per second of audio at once); None: whole."""
         self.segment_seconds: float = 300.0
         """Clips longer than this are encoded as consecutive segments of at most this length, each on its own,
         so memory stays bounded however long the clip (HuBERT's attention spans one segment; codes of a
@@ -229,9 +229,9 @@ class AudioCodec:
 
     def _segments(self, wave: np.ndarray) -> list[np.ndarray]:
         """``wave`` cut into equal whole-frame segments of at most ``segment_seconds`` (the last one shorter)."""
-        longest = max(self.hop_length, int(self.segment_seconds * self.sample_rate) // self.hop_length * self.hop_length)
-        if wave.shape[-1] <= longest:
+        if wave.shape[-1] <= self.segment_seconds * self.sample_rate:
             return [wave]
+        longest = max(self.hop_length, int(self.segment_seconds * self.sample_rate) // self.hop_length * self.hop_length)
         count = -(-wave.shape[-1] // longest)
         length = -(-wave.shape[-1] // (count * self.hop_length)) * self.hop_length
         return [wave[i : i + length] for i in range(0, wave.shape[-1], length)]

@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from higgs_audio.cli import main
 
@@ -60,6 +62,9 @@ MAIN_CASES = {
         ["speak", "Hi.", "-o", "{out}", "--scene", "quiet_indor", "{gen}"], 2,
         "unknown scene 'quiet_indor'; did you mean 'quiet_indoor'?"),
     "unknown output format": (["speak", "Hi.", "-o", "{tmp}/x.aiff", "{gen}"], 2, "cannot tell the audio format"),
+    "reference clip longer than the prompt holds": (
+        ["speak", "Hi.", "-o", "{out}", "--voice", "{long}", "--ref-text", "words", "{gen}"], 1,
+        "long.flac lasts 60.0 s but at most 40.6 s is accepted"),
     "bad option value": (["speak", "Hi.", "-o", "{out}", "--chunk", "lines", "{gen}"], 2, "invalid choice: 'lines'"),
     "voice name with a path": (["voices", "add", "../evil", "{a}", "--text", "hi"], 1, "invalid voice name '../evil'"),
     "voice name taken": (["voices", "add", "alice", "{a}", "--text", "hi"], 1,
@@ -92,9 +97,10 @@ def setup(cli, clips, tmp_path_factory) -> Setup:
     shutil.copy(clips.a.with_suffix(".txt"), library / "alice.txt")
     (tmp / "garbage.wav").write_bytes(b"this is not audio at all" * 100)
     (tmp / "exists.wav").write_bytes(b"keep me")
+    sf.write(tmp / "long.flac", np.zeros(60 * 8000, dtype=np.int16), 8000)  # the --max-len 1024 prompt holds 40.6 s
     return Setup(library, dict(out=tmp / "out.wav", tmp=tmp, codec=cli.codec, bare=clips.bare,
                                garbage=tmp / "garbage.wav", existing=tmp / "exists.wav", a=clips.a, b=clips.b,
-                               a_txt=clips.a.with_suffix(".txt")))
+                               a_txt=clips.a.with_suffix(".txt"), long=tmp / "long.flac"))
 
 
 @pytest.fixture(scope="module")
