@@ -69,7 +69,7 @@ class _Conv:
             self.tail = buf
             return _empty_like(x, self.conv.out_channels)
         outputs = (buf.shape[-1] - self.reach - 1) // self.stride + 1
-        self.tail = buf[..., outputs * self.stride :]
+        self.tail = buf[..., outputs * self.stride :].clone()  # a copy: a view would keep all of buf alive
         used = buf[..., : (outputs - 1) * self.stride + self.reach + 1]
         return F.conv1d(used, self.conv.weight, self.conv.bias, stride=self.stride, dilation=self.conv.dilation)
 
@@ -129,7 +129,7 @@ class _ConvTranspose:
             out = self._full(x)[..., : x.shape[-1] * s]
         else:
             out = self._full(torch.cat([self.last, x], dim=-1))[..., s : (x.shape[-1] + 1) * s]
-        self.last = x[..., -1:]
+        self.last = x[..., -1:].clone()
         cropped = out[..., self.skip :]
         self.skip = max(0, self.skip - out.shape[-1])
         return cropped
@@ -198,7 +198,7 @@ class _Residual:
     def _add(self, y: torch.Tensor) -> torch.Tensor:
         n = y.shape[-1]
         out = y + self.waiting[..., :n]
-        self.waiting = self.waiting[..., n:]
+        self.waiting = self.waiting[..., n:].clone()
         return out
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
