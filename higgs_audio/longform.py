@@ -93,21 +93,16 @@ def generate_longform(
         raise HiggsAudioError("there is no text to speak")
     context = build_context(voices=voices, scene=scene, system=system, refs_in_system=refs_in_system,
                             speaker_tags=tags)
-    budget = params.get("max_new_tokens", SamplingParams.max_new_tokens)
     done: list[ChunkResult] = []
     notes: list[str] = []
     bar = _progress(len(pieces), progress)
     try:
         for i, piece in enumerate(pieces):
             chunk_seed_i = None if seed is None else chunk_seed(seed, i)
-            # A chunk that generated no audio stays too (an empty audio turn), as in the reference.
-            keep = len(done) if context_chunks is None else min(context_chunks, len(done))
-            prompt, keep = _fit(api, context, done[len(done) - keep:], piece, budget, i)
+            request, prompt, keep = chunk_request(api, context, done, piece, i, seed=chunk_seed_i,
+                                                  context_chunks=context_chunks, **params)
             if on_prompt is not None:
                 on_prompt(i, piece, chunk_seed_i, prompt)
-            sampling = SamplingParams(**{"max_audio_seconds": default_max_audio_seconds(piece), **params,
-                                         "seed": chunk_seed_i})
-            request = Request(prompt.ids, [a.codes for a in prompt.audio], sampling)
             result = api.generate_batch([request], decode=False)[0]
             done.append(ChunkResult(piece, chunk_seed_i, result.codes, result.finish_reason, keep))
             where = f"chunk {i + 1}/{len(pieces)}: " if len(pieces) > 1 else ""
@@ -120,6 +115,20 @@ def generate_longform(
     finally:
         bar.close()
     return LongformResult(_decode_joined(api, done), api.sample_rate, done, notes)
+
+
+def chunk_request(api: HiggsAudio, context: list[Message], done: Sequence[ChunkResult], text: str, index: int, *,
+                  seed: int | None = None, context_chunks: int | None = 2, **params) -> tuple[Request, Prompt, int]:
+    """The engine request for chunk ``index`` (``text``, with its own ``seed``) after the ``done`` chunks:
+    the voice ``context``, then the last ``context_chunks`` chunks (None: all), fewer when
+    they would leave less than ``max_new_tokens`` of the cache. Returns (request, its prompt, chunks it
+    carries)."""
+    # A chunk that generated no audio stays too (an empty audio turn), as in the reference.
+    keep = len(done) if context_chunks is None else min(context_chunks, len(done))
+    budget = params.get("max_new_tokens", SamplingParams.max_new_tokens)
+    prompt, keep = _fit(api, context, done[len(done) - keep:], text, budget, index)
+    sampling = SamplingParams(**{"max_audio_seconds": default_max_audio_seconds(text), **params, "seed": seed})
+    return Request(prompt.ids, [a.codes for a in prompt.audio], sampling), prompt, keep
 
 
 def _fit(api: HiggsAudio, context: list[Message], kept: Sequence[ChunkResult], text: str, budget: int,

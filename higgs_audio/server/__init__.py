@@ -49,7 +49,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "what differs (default 512; 0: off)")
     p.add_argument("--max-queue", type=at_least(1), default=64,
                    help="waiting requests beyond which new ones get 429")
-    p.add_argument("--max-input-chars", type=at_least(1), default=4096, help="longer texts get 413")
+    p.add_argument("--max-input-chars", type=at_least(1), default=100_000,
+                   help="longer texts get 413 (default 100000, a chapter; /v1/audio/speech speaks long texts "
+                        "paragraph by paragraph)")
+    p.add_argument("--chunk-words", type=at_least(1), default=200, metavar="N",
+                   help="/v1/audio/speech speaks a longer input in chunks of whole paragraphs (or sentences) up "
+                        "to N words, each hearing the two before it, as 'speak --chunk paragraph' (default 200)")
     p.add_argument("--max-upload-mb", type=at_least(0, float, above=True), default=20.0,
                    help="larger request bodies get 413")
     p.add_argument("--max-new-tokens", type=at_least(1), default=2048,
@@ -77,6 +82,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
         cors_origins=args.cors_origin,
         max_queue=args.max_queue,
         max_input_chars=args.max_input_chars,
+        chunk_words=args.chunk_words,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         timeout_s=args.timeout,
         max_new_tokens=args.max_new_tokens,

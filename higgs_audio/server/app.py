@@ -21,12 +21,13 @@ from higgs_audio.api import HiggsAudio
 from higgs_audio.server import errors
 from higgs_audio.server.chat import chat_completion
 from higgs_audio.server.errors import APIError
+from higgs_audio.server.longtext import long_text
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.middleware import BodyLimit, RequestLog
 from higgs_audio.server.pipeline import CodecBatcher
 from higgs_audio.server.scheduler import Scheduler
 from higgs_audio.server.schemas import ChatRequest, GenerationRequest, SpeechRequest
-from higgs_audio.server.service import Service, Settings, check_chars, sampling
+from higgs_audio.server.service import Service, Settings, check_chars, check_model, sampling
 from higgs_audio.server.speech import audio_response, profile_voice, speech_voice
 from higgs_audio.voices import AUDIO_SUFFIXES, VoiceLibrary
 
@@ -81,11 +82,19 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
 
     @app.post("/v1/audio/speech", dependencies=secured)
     async def speech(body: SpeechRequest, request: Request):
+        check_model(body.model, settings)
         check_chars(body.input, settings, "input")
         voice, system = await run_in_threadpool(speech_voice, service, body)
         scene = body.scene or body.instructions
+        params = sampling(body, settings)
+        chunks = await run_in_threadpool(lambda: long_text(service, body.input, voice=voice, scene=scene,
+                                                           system=system, params=params,
+                                                           max_words=settings.chunk_words))
+        if chunks is not None:
+            return await audio_response(service, request, body, chunks.build,
+                                        follow=lambda job: chunks.follow(job, request))
         return await audio_response(service, request, body, lambda: api.request(
-            body.input, voice=voice, scene=scene, system=system, **sampling(body, settings)))
+            body.input, voice=voice, scene=scene, system=system, **params))
 
     @app.post("/v1/audio/generation", dependencies=secured)
     async def generation(body: GenerationRequest, request: Request):
@@ -96,6 +105,7 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
 
     @app.post("/v1/chat/completions", dependencies=secured)
     async def chat(body: ChatRequest, request: Request):
+        body.model = check_model(body.model, settings)
         return await chat_completion(service, request, body)
 
     @app.get("/v1/voices", dependencies=secured)
@@ -130,9 +140,12 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
     @app.delete("/v1/voices/{name}", dependencies=secured)
     async def delete_voice(name: str) -> dict:
         clips, profiles = await run_in_threadpool(voices.entries)
-        known = name in clips or (name.startswith("profile:") and name[len("profile:"):] in profiles)
-        if not known:
+        profile = profiles.get(name[len("profile:"):]) if name.startswith("profile:") else None
+        if name not in clips and profile is None:
             raise APIError(404, f"no voice {name!r}; GET /v1/voices lists them", param="name")
+        if profile is not None and profile.kind == "builtin":
+            raise APIError(403, f"{name!r} is a built-in profile: built-in voices cannot be removed", param="name",
+                           code="builtin_voice")
         await run_in_threadpool(voices.remove, name)
         return {"id": name, "object": "voice", "deleted": True}
 

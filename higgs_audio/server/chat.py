@@ -1,6 +1,8 @@
 """``/v1/chat/completions`` with ``modalities: ["text", "audio"]``, as the reference's vLLM server accepts it:
 voices to clone as ``input_audio`` parts (assistant or user turns), whole answers as base64 WAV (or the asked
-format), streamed answers as base64 PCM16 deltas, ``stream_options.include_usage``."""
+format), streamed answers as base64 PCM16 deltas, ``stream_options.include_usage``. Streamed chunks have the
+shape of openai's ``ChatCompletionChunk``: ``delta.audio`` is an object with ``id``, ``data`` and
+``transcript`` (the text also comes as ``delta.content``), and the last audio update holds ``expires_at``."""
 
 from __future__ import annotations
 
@@ -133,11 +135,17 @@ async def chat_completion(service: Service, request: Request, body: ChatRequest)
                 text = api.tokenizer.decode(text_ids, skip_special_tokens=True)
                 if not text.endswith("\ufffd") and text.startswith(said) and text != said:
                     delta["content"], said = text[len(said):], text
-            if want_audio and len(wave):
-                observe_first_audio(service, request, route, audio)
-                delta["audio"] = {"id": audio_id, "data": b64(pcm16(wave))}
+            if want_audio and (len(wave) or "content" in delta):  # openai's ChoiceDeltaAudio
+                delta["audio"] = {"id": audio_id}
+                if len(wave):
+                    observe_first_audio(service, request, route, audio)
+                    delta["audio"]["data"] = b64(pcm16(wave))
+                if "content" in delta:
+                    delta["audio"]["transcript"] = delta["content"]
             if delta:
                 yield chunk(delta)
+        if want_audio:  # as OpenAI's last audio update: only its expiry
+            yield chunk({"audio": {"id": audio_id, "expires_at": created + 3600}})
         yield chunk({}, finish(audio.outcome.reason))
         if include_usage:
             yield sse_event({"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,9 +39,29 @@ class APIError(Exception):
         self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+# A path-looking word: from "/", "~" or a drive letter up to a space, quote or bracket.
+_PATH = re.compile(r"""(?<![\w.:/])(?:~|[A-Za-z]:\\|/)[^\s'"`,;()<>\[\]]*""")
+
+
+def redact_paths(message: str) -> str:
+    """``message`` with every server path (temporary uploads, the voice library, home folders) cut to its
+    last part: clients see "upload.wav", not where the server keeps it. A word is a path when it starts
+    with "~", a drive letter, or a folder that exists at the file system's root (so routes such as
+    "/v1/voices" stay)."""
+
+    def short(match: re.Match) -> str:
+        word = match.group(0)
+        top = word.lstrip("/").split("/", 1)[0]
+        if word.startswith("/") and not (top and os.path.isdir("/" + top)):
+            return word
+        return os.path.basename(word.rstrip("/\\").replace("\\", "/")) or "<server path>"
+
+    return _PATH.sub(short, message)
+
+
 def error_body(status: int, message: str, *, param=None, code=None, type=None) -> dict:
     kind = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": redact_paths(message), "type": kind, "param": param, "code": code}}
 
 
 def error_response(err: APIError, headers: dict | None = None) -> JSONResponse:

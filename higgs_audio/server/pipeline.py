@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,13 +81,26 @@ class CodecBatcher:
 
 
 class JobAudio:
-    """Consumes one job. Create it, then either iterate ``stream()`` or await ``collect()``, once."""
+    """Consumes one job. Create it, then either iterate ``stream()`` or await ``collect()``, once.
 
-    def __init__(self, job: Job, batcher: CodecBatcher, *, speed: float = 1.0, chunk_frames: int = 10):
+    ``follow``: for a text spoken in chunks, an async callable that takes a job that ended and returns the
+    next chunk's job (None after the last). ``stream`` then goes on through every chunk's job, decoding all
+    their frames as one stream, so the joins are as smooth as any frame boundary.
+    """
+
+    def __init__(self, job: Job, batcher: CodecBatcher, *, speed: float = 1.0, chunk_frames: int = 10,
+                 follow: Callable[[Job], Awaitable[Job | None]] | None = None):
         self.job, self.batcher, self.speed, self.chunk_frames = job, batcher, speed, chunk_frames
+        self.follow = follow
         self.outcome = Outcome()
+        self.ended: list[Job] = []  # earlier chunks' jobs
         self._first = None  # an item read ahead by ``started``
         self._checked = time.perf_counter()  # last check for a client disconnect
+
+    def usage(self) -> tuple[int, int]:
+        """(prompt tokens, generation steps) of every chunk so far."""
+        runs = [j.run for j in (*self.ended, self.job)]
+        return sum(r.prompt_tokens for r in runs), sum(r.steps for r in runs)
 
     async def started(self, http_request: HTTPRequest | None = None) -> None:
         """Wait for the job's first output, so that a failure before any audio can still become an HTTP
@@ -112,13 +125,22 @@ class JobAudio:
             except asyncio.TimeoutError:
                 continue
 
-    async def _items(self) -> AsyncIterator[list[tuple[str, object]]]:
-        done = False
-        while not done:
+    async def _items(self, http_request: HTTPRequest | None) -> AsyncIterator[list[tuple[str, object]]]:
+        while True:
             first, self._first = self._first, None
-            batch = [first or await self.job.next(), *self.job.drain()]
-            done = any(kind in ("done", "error") for kind, _ in batch)
+            batch = [first or await self._next(http_request), *self.job.drain()]
+            ended = next((payload for kind, payload in batch if kind == "done"), None)
+            if self.follow is not None and ended not in (None, "cancelled", "timeout"):
+                yield [item for item in batch if item[0] != "done"]
+                following = await self.follow(self.job)
+                if following is not None:
+                    self.ended.append(self.job)
+                    self.job = following
+                    continue
+                batch = [("done", ended)]
             yield batch
+            if any(kind in ("done", "error") for kind, _ in batch):
+                return
 
     def _take(self, batch, frames: list[torch.Tensor]) -> None:
         for kind, payload in batch:
@@ -131,14 +153,15 @@ class JobAudio:
             elif kind == "error":
                 raise _failure(payload)
 
-    async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
-        """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
+    async def stream(self, http_request: HTTPRequest | None = None) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
+        """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned, or
+        when ``http_request``'s client disconnects (a streaming response's client is watched by Starlette)."""
         decoder = self.batcher.codec.stream_decoder()
         tempo = Tempo(self.speed, self.batcher.codec.sample_rate) if self.speed != 1.0 else None
         frames: list[torch.Tensor] = []
         sent_audio = False
         try:
-            async for batch in self._items():
+            async for batch in self._items(http_request):
                 text_before = len(self.outcome.text_ids)
                 self._take(batch, frames)
                 new_text = self.outcome.text_ids[text_before:]
@@ -179,3 +202,13 @@ class JobAudio:
             result.audio = np.concatenate([tempo.process(result.audio), tempo.flush()])
         self.outcome.first_audio_at = time.perf_counter()
         return result
+
+    async def whole(self, http_request: HTTPRequest | None = None) -> np.ndarray:
+        """All the audio, at ``speed``: one job's decoded in one call, chunks' decoded as they come (so a
+        long text never holds more than a chunk's codes)."""
+        if self.follow is None:
+            return (await self.collect(http_request)).audio
+        waves = [wave async for wave, _ in self.stream(http_request)]
+        if self.outcome.reason == "timeout":
+            raise APIError(504, "the request timed out", code="timeout")
+        return np.concatenate(waves) if waves else np.zeros(0, dtype=np.float32)

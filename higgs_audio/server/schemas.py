@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from higgs_audio.server.encoding import FORMATS
 
 AudioFormat = Literal[FORMATS]  # type: ignore[valid-type]
 SEED_MAX = 2**63 - 1
+
+
+def _voice_id(value):
+    """openai >= 2 sends a custom voice as ``{"id": NAME}``; it means the same as ``NAME``."""
+    if isinstance(value, dict) and set(value) == {"id"}:
+        return value["id"]
+    return value
+
+
+VoiceName = Annotated[str, BeforeValidator(_voice_id)]
 
 
 class SamplingOptions(BaseModel):
@@ -40,12 +50,12 @@ class AudioOptions(SamplingOptions):
 
 
 class SpeechRequest(AudioOptions):
-    model: str = "higgs-audio-v2"
-    input: str = Field(min_length=1, description="the text to speak")
-    voice: str | None = Field(
+    model: str | None = Field(None, description="the served model name or an alias (see /v1/models); unset: it")
+    input: str = Field(min_length=1, description="the text to speak; long texts are spoken paragraph by paragraph")
+    voice: VoiceName | None = Field(
         None,
-        description="a voice-library name, 'profile:NAME' or 'profile:<description>'; OpenAI's built-in names "
-        "(alloy, ...) that are not in the library mean 'let the model choose'",
+        description="a voice-library name, 'profile:NAME' or 'profile:<description>', or {\"id\": NAME}; OpenAI's "
+        "built-in names (alloy, ...) that are not in the library mean 'let the model choose'",
     )
     instructions: str | None = Field(None, description="used as the scene description when scene is not set")
     reference_audio: str | None = Field(None, description="a voice to clone: base64 of an audio file or a data: URI")
@@ -86,7 +96,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatAudio(BaseModel):
-    voice: str | None = None
+    voice: VoiceName | None = None
     format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"] = "wav"
 
 
@@ -95,7 +105,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(SamplingOptions):
-    model: str = "higgs-audio-v2"
+    model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     modalities: list[Literal["text", "audio"]] = Field(["text", "audio"])
     audio: ChatAudio | None = None

@@ -11,6 +11,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.api import HiggsAudio
+from higgs_audio.checkpoint import DEFAULT_MODEL
 from higgs_audio.engine import Request as EngineRequest
 from higgs_audio.prompt import VoiceProfile
 from higgs_audio.server.errors import APIError
@@ -23,6 +24,9 @@ from higgs_audio.voices import VoiceLibrary
 # OpenAI's built-in voice names: clients hard-code them, so when the library has no voice of that name
 # they mean "no particular voice" (the model picks one) rather than an error.
 OPENAI_VOICES = frozenset("alloy ash ballad cedar coral echo fable marin nova onyx sage shimmer verse".split())
+# Other names a request's ``model`` may give for the served model: OpenAI's speech models (clients hard-code
+# them) and the official hub id of the generation model (what the reference's vLLM server serves as).
+MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", DEFAULT_MODEL)
 
 
 @dataclass
@@ -31,11 +35,12 @@ class Settings:
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_queue: int = 64
-    max_input_chars: int = 4096
+    max_input_chars: int = 100_000
     max_upload_bytes: int = 20 * 1024 * 1024
     timeout_s: float = 300.0
     max_new_tokens: int = 2048  # default and ceiling of a request's generation length
     chunk_frames: int = 10  # streamed audio chunks after the first: 10 frames = 0.4 s
+    chunk_words: int = 200  # /v1/audio/speech speaks longer inputs in chunks of about this many words
 
 
 @dataclass
@@ -46,6 +51,14 @@ class Service:
     metrics: Metrics
     scheduler: Scheduler
     codec: CodecBatcher  # the streaming decode of every response
+
+
+def check_model(model: str | None, settings: Settings) -> str:
+    """The served model's name for a request's ``model`` (unset: the served one); 404 for any other."""
+    if model is None or model == settings.served_model_name or model in MODEL_ALIASES:
+        return settings.served_model_name
+    raise APIError(404, f"the model {model!r} does not exist: this server serves {settings.served_model_name!r} "
+                   f"(also accepted: {', '.join(MODEL_ALIASES)})", param="model", code="model_not_found")
 
 
 def check_chars(text: str, settings: Settings, param: str) -> None:

@@ -52,14 +52,16 @@ def profile_voice(service: Service, profile: str | None):
     return library_voice(service, profile.strip()) or (VoiceProfile(profile.strip()), None)
 
 
-async def audio_response(service: Service, request: Request, body: AudioOptions, build) -> Response:
+async def audio_response(service: Service, request: Request, body: AudioOptions, build, follow=None) -> Response:
+    """Speak the request ``build`` makes (and, with ``follow``, the chunks after it: see ``JobAudio``)."""
     job = await submit(service, request, build)
-    audio = JobAudio(job, service.codec, speed=body.speed, chunk_frames=service.settings.chunk_frames)
+    audio = JobAudio(job, service.codec, speed=body.speed, chunk_frames=service.settings.chunk_frames,
+                     follow=follow)
     rate, fmt, route = service.api.sample_rate, body.response_format, request.url.path
     if not body.stream and body.stream_format == "audio":
-        result = await audio.collect(request)
+        wave = await audio.whole(request)
         observe_first_audio(service, request, route, audio)
-        data = await run_in_threadpool(encode_file, result.audio, rate, fmt)
+        data = await run_in_threadpool(encode_file, wave, rate, fmt)
         return Response(data, media_type=MEDIA_TYPES[fmt])
     await audio.started(request)
     as_sse = body.stream_format == "sse"
@@ -75,9 +77,8 @@ async def audio_response(service: Service, request: Request, body: AudioOptions,
         if tail:
             yield sse_event({"type": "speech.audio.delta", "audio": b64(tail)}) if as_sse else tail
         if as_sse:
-            run = job.run
+            prompt_tokens, steps = audio.usage()
             yield sse_event({"type": "speech.audio.done", "usage": {
-                "input_tokens": run.prompt_tokens, "output_tokens": run.steps,
-                "total_tokens": run.prompt_tokens + run.steps}})
+                "input_tokens": prompt_tokens, "output_tokens": steps, "total_tokens": prompt_tokens + steps}})
 
     return StreamingResponse(chunks(), media_type="text/event-stream" if as_sse else MEDIA_TYPES[fmt])

@@ -81,9 +81,8 @@ def test_streamed_deltas_are_pcm16_equal_to_the_whole_wav(server):
             continue
         delta = chunk.choices[0].delta
         roles.append(delta.role)
-        audio = getattr(delta, "audio", None)
-        if audio:
-            pcm += base64.b64decode(audio["data"] if isinstance(audio, dict) else audio.data)
+        if delta.audio is not None and delta.audio.data:
+            pcm += base64.b64decode(delta.audio.data)
         finish = chunk.choices[0].finish_reason or finish
     assert roles[0] == "assistant" and finish in ("stop", "length")
     assert usage is not None and usage.total_tokens == whole.usage.total_tokens
