@@ -7,9 +7,9 @@ chat completions (whole and streamed, with a cloned voice), voice uploads, listi
 ``--disconnect`` share of streamed requests is dropped after the first audio; a ``--bad`` share of requests
 are malformed (unknown model or voice, bad JSON, bad base64, out-of-range fields, unreadable audio).
 
-Every minute it prints the requests finished, failures (a good request not answered 200 with a complete
+Every minute it prints the requests finished so far, failures (a good request not answered 200 with a complete
 body, a bad one not answered 4xx with an OpenAI error), 5xx answers, p50/p95 latency of the complete good
-requests, and the server's resident memory. At the end: the totals, and whether the run passed (0 failures,
+requests in that minute, the server's resident memory and what its prefix cache holds. At the end: the totals, and whether the run passed (0 failures,
 0 5xx, the last 5 minutes' RSS within 10 %).
 
     python benchmarks/soak.py                           # 16 clients, 10 minutes, tiny checkpoints, CPU
@@ -216,6 +216,14 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def prefix_cache_mb(url: str) -> float:
+    """What the server's prefix cache holds (it grows with new prompts up to --prefix-cache-mb, by design)."""
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("higgs_prefix_cache_bytes "):
+            return float(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -258,7 +266,7 @@ def soak(args, process, url: str, log: Path) -> int:
                 if line.startswith("model name")), "unknown CPU")
     print(f"soak: {args.clients} clients, {args.minutes:g} min, {os.cpu_count()} cores of {cpu}; server pid "
           f"{process.pid}, RSS {rss_mb(process.pid):.0f} MB at start", flush=True)
-    print("minute  requests  failures  5xx  disconnects  p50_s  p95_s  rss_mb", flush=True)
+    print("minute  requests  failures  5xx  disconnects  p50_s  p95_s  rss_mb  prefix_cache_mb", flush=True)
     start = time.monotonic()
     until = start + args.minutes * 60
     threads = [threading.Thread(target=client_loop, args=(url, i, until, args, tally), daemon=True)
@@ -278,9 +286,12 @@ def soak(args, process, url: str, log: Path) -> int:
         with tally.lock:
             window, tally.latencies = tally.latencies, []
             row = (tally.requests, tally.failures, tally.server_errors, tally.disconnects)
-        rss.append(rss_mb(process.pid))
-        print(f"{minute:6d}  {row[0]:8d}  {row[1]:8d}  {row[2]:3d}  {row[3]:11d}  {fmt(percentile(window, 0.5)):>5}  "
-              f"{fmt(percentile(window, 0.95)):>5}  {rss[-1]:6.0f}", flush=True)
+        memory = rss_mb(process.pid)
+        if time.monotonic() <= until + 1:  # a whole minute (the last row: requests still in flight at the end)
+            rss.append(memory)
+        label = f"{minute:6d}" if time.monotonic() <= until + 1 else "   end"
+        print(f"{label}  {row[0]:8d}  {row[1]:8d}  {row[2]:3d}  {row[3]:11d}  {fmt(percentile(window, 0.5)):>5}  "
+              f"{fmt(percentile(window, 0.95)):>5}  {memory:6.0f}  {prefix_cache_mb(url):15.1f}", flush=True)
     for t in threads:
         t.join()
     last = rss[-5:]

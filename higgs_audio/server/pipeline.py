@@ -93,14 +93,14 @@ class JobAudio:
         self.job, self.batcher, self.speed, self.chunk_frames = job, batcher, speed, chunk_frames
         self.follow = follow
         self.outcome = Outcome()
-        self.ended: list[Job] = []  # earlier chunks' jobs
+        self._earlier = (0, 0)  # usage of the chunks before this job
         self._first = None  # an item read ahead by ``started``
         self._checked = time.perf_counter()  # last check for a client disconnect
 
     def usage(self) -> tuple[int, int]:
         """(prompt tokens, generation steps) of every chunk so far."""
-        runs = [j.run for j in (*self.ended, self.job)]
-        return sum(r.prompt_tokens for r in runs), sum(r.steps for r in runs)
+        run = self.job.run
+        return self._earlier[0] + run.prompt_tokens, self._earlier[1] + run.steps
 
     async def started(self, http_request: HTTPRequest | None = None) -> None:
         """Wait for the job's first output, so that a failure before any audio can still become an HTTP
@@ -134,8 +134,7 @@ class JobAudio:
                 yield [item for item in batch if item[0] != "done"]
                 following = await self.follow(self.job)
                 if following is not None:
-                    self.ended.append(self.job)
-                    self.job = following
+                    self._earlier, self.job = self.usage(), following
                     continue
                 batch = [("done", ended)]
             yield batch

@@ -101,14 +101,19 @@ class Scheduler:
     def stats(self) -> dict:
         return {"queued": len(self._pending), "active": len(self._live), "max_batch": self.max_batch}
 
-    def submit(self, request: Request, request_id: str = "-") -> Job:
-        """Queue ``request``; raises ``QueueFull`` when ``max_queue`` requests are already waiting."""
+    def submit(self, request: Request, request_id: str = "-", *, continuing: bool = False) -> Job:
+        """Queue ``request``; raises ``QueueFull`` when ``max_queue`` requests are already waiting.
+        ``continuing``: the next chunk of a response already streaming, which goes first and is never
+        refused (its listener would hear a gap, or lose the rest)."""
         job = Job(self, RunCollector(self.api, request), asyncio.get_running_loop(), time.monotonic() + self.timeout_s,
                   request_id)
         with self._cond:
-            if len(self._pending) >= self.max_queue:
+            if continuing:
+                self._pending.appendleft(job)
+            elif len(self._pending) >= self.max_queue:
                 raise QueueFull(f"{len(self._pending)} requests are already waiting; retry later")
-            self._pending.append(job)
+            else:
+                self._pending.append(job)
             self.metrics.queue_depth.set(len(self._pending))
             self._cond.notify()
         return job

@@ -24,9 +24,10 @@ from higgs_audio.voices import VoiceLibrary
 # OpenAI's built-in voice names: clients hard-code them, so when the library has no voice of that name
 # they mean "no particular voice" (the model picks one) rather than an error.
 OPENAI_VOICES = frozenset("alloy ash ballad cedar coral echo fable marin nova onyx sage shimmer verse".split())
-# Other names a request's ``model`` may give for the served model: OpenAI's speech models (clients hard-code
-# them) and the official hub id of the generation model (what the reference's vLLM server serves as).
-MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", DEFAULT_MODEL)
+# Other names a request's ``model`` may give for the served model: our default served name (the examples'
+# and the web page's), OpenAI's speech models (clients hard-code them) and the official hub id of the
+# generation model (what the reference's vLLM server serves it as).
+MODEL_ALIASES = ("higgs-audio-v2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", DEFAULT_MODEL)
 
 
 @dataclass
@@ -103,15 +104,16 @@ def audio_bytes(data: str, settings: Settings, param: str) -> bytes:
         raise APIError(400, f"{param} is not base64 of an audio file", param=param) from None
 
 
-async def submit(service: Service, request: Request, build) -> Job:
-    """Build the engine request off the event loop (tokenising, encoding reference audio) and queue it."""
+async def submit(service: Service, request: Request, build, *, continuing: bool = False) -> Job:
+    """Build the engine request off the event loop (tokenising, encoding reference audio) and queue it
+    (``continuing``: first, see ``Scheduler.submit``)."""
     scheduler = service.scheduler
-    if scheduler.stats()["queued"] >= scheduler.max_queue:  # fail fast, before encoding anything
+    if not continuing and scheduler.stats()["queued"] >= scheduler.max_queue:  # fail fast, before encoding
         raise APIError(429, "the server is busy: too many queued requests; retry later",
                        code="rate_limit_exceeded")
     engine_request: EngineRequest = await run_in_threadpool(build)
     try:
-        job = scheduler.submit(engine_request, request.state.request_id)
+        job = scheduler.submit(engine_request, request.state.request_id, continuing=continuing)
     except QueueFull as e:
         raise APIError(429, f"the server is busy: {e}", code="rate_limit_exceeded") from None
     return job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -99,3 +100,28 @@ def test_max_input_chars_is_a_chapter_by_default():
     from higgs_audio.server.service import Settings
 
     assert Settings().max_input_chars >= 100_000
+
+
+def test_a_continuing_chunk_goes_first_and_is_never_refused(tiny_api):
+    """The next chunk of a streaming answer jumps the queue (its listener is waiting) and is not refused by
+    a full queue (that would cut the answer short)."""
+    from higgs_audio.server.metrics import Metrics
+    from higgs_audio.server.scheduler import QueueFull, Scheduler
+
+    async def queue() -> None:
+        scheduler = Scheduler(tiny_api, Metrics(), max_queue=1, timeout_s=60)
+        request = tiny_api.request("Hi.", max_new_tokens=4)
+        waiting = scheduler.submit(request, "new")
+        with pytest.raises(QueueFull):
+            scheduler.submit(request, "another new")
+        chunk = scheduler.submit(request, "chunk", continuing=True)
+        assert scheduler.stats()["queued"] == 2
+        scheduler.start()
+        try:
+            order = [await asyncio.wait_for(job.items.get(), 60) for job in (chunk, waiting)]
+        finally:
+            scheduler.stop()
+        assert [kind for kind, _ in order] != ["error", "error"]
+        assert chunk.run.t0 <= waiting.run.t0  # admitted first
+
+    asyncio.run(queue())

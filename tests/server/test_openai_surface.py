@@ -6,11 +6,13 @@ import base64
 import json
 import tempfile
 
+import numpy as np
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from higgs_audio.checkpoint import DEFAULT_MODEL
+from tests.server.audio_check import decode
 from tests.server.test_chat import SMART_VOICE, _clip_b64
 from tests.server.test_speech import openai_client
 
@@ -118,4 +120,20 @@ def test_streamed_chat_chunks_are_openai_chunk_objects(server):
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.audio and chunk.choices[0].delta.audio.data:
             through_client += base64.b64decode(chunk.choices[0].delta.audio.data)
-    assert through_client == pcm
+    ours, theirs = decode(pcm, "pcm16")[0], decode(through_client, "pcm16")[0]
+    assert len(ours) == len(theirs) and np.abs(ours - theirs).max() <= 1e-3  # same seed: the same audio
+
+
+def test_redact_paths_keeps_routes_and_cuts_server_paths():
+    from pathlib import Path
+
+    from higgs_audio.server.errors import redact_paths
+
+    home = str(Path.home())
+    assert redact_paths(f"voice 'a' already exists in {home}/.local/share/higgs-audio/voices; pass --force") == (
+        "voice 'a' already exists in voices; pass --force")
+    assert redact_paths(f"{tempfile.gettempdir()}/tmpab12/upload.flac is not a readable audio file") == (
+        "upload.flac is not a readable audio file")
+    assert redact_paths("~/voices/x.wav does not exist") == "x.wav does not exist"
+    kept = "unknown voice 'x'; GET /v1/voices lists them, 1/2 of data: URIs"
+    assert redact_paths(kept) == kept
