@@ -100,7 +100,7 @@ def server(tmp_path_factory, tiny_original, tiny_codec):
 def strict_server(tmp_path_factory, tiny_original, tiny_codec):
     """An API key, one slot, one queued request, long generations and small uploads: for the limits."""
     s = start_server(tmp_path_factory.mktemp("strict"), tiny_original, tiny_codec,
-                     "--max-batch", "1", "--max-queue", "1", "--max-new-tokens", "2000",
+                     "--max-batch", "1", "--max-queue", "1", "--max-new-tokens", "2000", "--max-input-chars", "4096",
                      "--max-upload-mb", "0.05", "--timeout", "4", api_key="test-secret-key")
     yield s
     stop_server(s)
