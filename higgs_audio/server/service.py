@@ -11,7 +11,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.api import HiggsAudio
-from higgs_audio.checkpoint import DEFAULT_MODEL
+from higgs_audio.config import DEFAULT_MODEL
 from higgs_audio.engine import Request as EngineRequest
 from higgs_audio.prompt import VoiceProfile
 from higgs_audio.server.errors import APIError

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from higgs_audio.checkpoint import DEFAULT_MODEL
+from higgs_audio.config import DEFAULT_MODEL
 from tests.server.audio_check import decode
 from tests.server.test_chat import SMART_VOICE, _clip_b64
 from tests.server.test_speech import openai_client
