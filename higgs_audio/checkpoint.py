@@ -267,13 +267,14 @@ _READ_AHEAD = 8  # quantized tensors read ahead of the layer being built (a few 
 
 
 def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", quantize: str | None = None,
-               progress: bool = False):
+               progress: bool = False, adapter: str | os.PathLike | None = None):
     """Load the generation model strictly. Returns (model, config, directory).
 
     ``dtype`` is the compute dtype. ``auto`` on a CPU keeps the weights in bf16 (half the memory and
     bandwidth) while computing in fp32; ``quantize`` ("int8" or "int4") stores linear weights quantized.
     A checkpoint written by ``higgs-audio quantize`` loads as it was quantized. ``progress`` shows a bar
-    while quantizing at load (a minute or more on a CPU).
+    while quantizing at load (a minute or more on a CPU). ``adapter``: a LoRA adapter folder (``higgs-audio
+    finetune``), merged into the weights as they load.
     """
     directory = resolve(name_or_path)
     config_path = directory / "config.json"
@@ -289,6 +290,9 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
     compact_cpu = device.type == "cpu" and dtype in (None, "auto")
     storage = torch.bfloat16 if compact_cpu or (quantize and compute == torch.float32) else compute
     if saved_mode:
+        if adapter is not None:
+            raise CheckpointError(f"{directory} is quantized and an adapter cannot be merged into it: merge the "
+                                  "adapter into the original checkpoint ('higgs-audio finetune merge'), then quantize")
         model = _load_quantized(directory, cfg, saved, device, storage)
     else:
         source = TensorSource(safetensors_files(directory), cfg.source_format)
@@ -298,6 +302,10 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         check_tensors(source, expected, directory)
         state = {name: source.get(name).to(device=device, dtype=storage) for name in expected}
+        if adapter is not None:
+            from higgs_audio.lora import apply_updates, read_adapter
+
+            apply_updates(state, read_adapter(adapter), str(directory))
         if quantize:
             # Tensors read on the CPU are views of the memory-mapped files, and one live view keeps its whole
             # file mapped. Copy what stays in float so each shard is unmapped once its linears are quantized.

@@ -114,19 +114,21 @@ class HiggsAudioModel(nn.Module):
         x: torch.Tensor,
         audio: AudioSelect,
         positions: torch.Tensor,
-        cache: KVCache,
+        cache: KVCache | None,
         kv_len: int,
         keys_values_only: bool = False,
     ) -> torch.Tensor | None:
         """Run the layers over embeddings x (B, L, H) at ``positions`` (B, L), writing K/V into ``cache``.
 
-        Only the first ``kv_len`` cache slots are attended (all positions must be < kv_len).
+        Only the first ``kv_len`` cache slots are attended (all positions must be < kv_len). Without a cache
+        (training) x is a whole sequence, positions are its indices and kv_len its length.
         Returns the final-normed hidden states (B, L, H); with ``keys_values_only`` (a prompt's prefill, whose
         hidden states nothing reads) None, and the last layer stops at its keys and values (3 % of the work).
         """
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         bias = attention_bias(positions, kv_len, x.dtype)
-        cache.mark_audio(positions, audio)
+        if cache is not None:
+            cache.mark_audio(positions, audio)
         *layers, last = self.layers
         for i, layer in enumerate(layers):
             x = layer(x, audio, cos, sin, positions, cache, i, bias)

@@ -127,7 +127,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, positions, cache: KVCache, layer: int, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x, cos, sin, positions, cache: KVCache | None, layer: int, bias: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
@@ -135,9 +135,12 @@ class Attention(nn.Module):
         # Queries and keys rotate together: one set of RoPE kernels instead of two.
         qk = _apply_rope(torch.cat((q, k), dim=2).transpose(1, 2), cos, sin)
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        cache.write(layer, positions, k, v)
-        kv_len = bias.shape[-1]
-        keys, values = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
+        if cache is None:  # training: the whole sequence in one pass, nothing kept (autograd needs no in-place)
+            keys, values = k, v
+        else:
+            cache.write(layer, positions, k, v)
+            kv_len = bias.shape[-1]
+            keys, values = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
         if n == 1:
             out = self._decode_attention(q, keys, values, bias)
         else:
@@ -196,11 +199,13 @@ class DecoderLayer(nn.Module):
             self.audio_input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.audio_post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache, layer: int, bias) -> torch.Tensor:
+    def forward(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache | None, layer: int, bias
+                ) -> torch.Tensor:
         if self.fast_forward:
             if audio is True:
                 return x
-            bias = bias.masked_fill(cache.audio[:, None, None, : bias.shape[-1]], -math.inf)
+            keys_audio = audio if cache is None else cache.audio[:, : bias.shape[-1]]
+            bias = bias.masked_fill(keys_audio[:, None, None, :], -math.inf)
             out = self._text_layer(x, cos, sin, positions, cache, layer, bias)
             return out if audio is False else torch.where(audio[..., None], x, out)
         if not self.dual:
