@@ -78,6 +78,7 @@ class HiggsAudio:
         prefix_cache_mb: float = 512,
         prefix_cache_dir: str | Path | None = None,
         progress: bool = False,
+        adapter: str | Path | None = None,
     ) -> HiggsAudio:
         """Load the generation model and the audio codec (hub ids or local directories).
 
@@ -90,14 +91,17 @@ class HiggsAudio:
         way (the same voice and reference clip) prefills only what differs (0: off); ``prefix_cache_dir``
         also keeps them on disk there (in a subfolder per checkpoint and settings), so that a later process
         starts a known voice without prefilling it; ``progress`` shows a bar on standard error while
-        quantizing at load.
+        quantizing at load; ``adapter`` names a LoRA adapter folder (``higgs-audio finetune``) merged into the
+        weights as they load.
         """
         from higgs_audio.codec.codec import AudioCodec
 
-        net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize, progress=progress)
+        net, _, directory = load_model(model, device=device, dtype=dtype, quantize=quantize, progress=progress,
+                                       adapter=adapter)
         device = next(net.parameters()).device
         if prefix_cache_dir is not None:  # keys and values depend on the weights, dtypes, device and kernels
-            options = (str(net.compute_dtype), str(next(net.parameters()).dtype), quantize, device.type)
+            options = (str(net.compute_dtype), str(next(net.parameters()).dtype), quantize, device.type,
+                       adapter and fingerprint(Path(adapter).expanduser()))  # a retrained adapter changes it
             if device.type == "cpu":
                 from higgs_audio.model import cpu_kernels
 

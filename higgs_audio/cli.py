@@ -249,7 +249,7 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
 
     started = time.perf_counter()
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
-                                     quantize=args.quantize, max_len=args.max_len,
+                                     quantize=args.quantize, max_len=args.max_len, adapter=args.adapter,
                                      prefix_cache_dir=prefix_dir(),
                                      progress=sys.stderr.isatty() and not args.quiet)
     voices = _encode_voices(plan, library, api)
@@ -470,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="replace OUT if it exists")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     q.set_defaults(run=cmd_quantize)
+
+    from higgs_audio.train.cli import add_finetune_arguments, cmd_finetune  # light: argparse only
+
+    f = sub.add_parser("finetune", parents=[common], help="train a LoRA adapter on your clips (extra [train])",
+                       description="Fine-tune the model on clips with transcripts (a voice, a style, a language) "
+                                   "as a LoRA adapter; 'finetune merge --adapter DIR -o OUT' merges one into a "
+                                   "full checkpoint.")
+    add_finetune_arguments(f)
+    f.set_defaults(run=cmd_finetune)
 
     from higgs_audio.server import add_serve_parser  # light: the server's packages load only when it runs
 

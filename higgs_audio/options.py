@@ -39,3 +39,5 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--max-len", type=at_least(16), default=4096, metavar="N",
                         help="positions in the model's cache per request: prompt plus generated steps "
                              "(default 4096)")
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="a LoRA adapter folder ('higgs-audio finetune'), merged into the weights at load")

@@ -109,7 +109,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
         max_new_tokens=args.max_new_tokens,
     )
     api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
-                                     quantize=args.quantize, compile=args.compile,
+                                     quantize=args.quantize, compile=args.compile, adapter=args.adapter,
                                      max_batch=args.max_batch, max_len=args.max_len,
                                      prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
                                      progress=sys.stderr.isatty())
