@@ -139,3 +139,26 @@ def test_all_policy_labels_every_clip_and_text(tiny_original):
     assert (sample.text_labels[text] == torch.where(sample.ids[text] == AUDIO_OUT_BOS_ID, IGNORE, sample.ids[text])).all()
     with pytest.raises(ValueError, match="label policy"):
         build_sample(sample_messages("Go.", _codes(1, 3)), tok, cfg, "some")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_original):
+    from higgs_audio.train.objective import checkpoint_layers
+
+    results = []
+    for recompute in (False, True):
+        model, cfg, _ = load_model(tiny_original, device="cpu", dtype="float32")
+        torch.manual_seed(0)
+        lora.inject(model, "style", rank=4)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.05)
+        if recompute:
+            checkpoint_layers(model)
+        batch = collate([build_sample(sample_messages("Hello.", _codes(4, 6)), TextTokenizer(tiny_original), cfg)])
+        value = loss(Objective(model)(batch), label_counts(batch))
+        value.backward()
+        results.append((value.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (a, grads_a), (b, grads_b) = results
+    assert a == pytest.approx(b, rel=1e-6)
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7), name

@@ -105,6 +105,9 @@ def test_merged_checkpoint_equals_the_adapter_applied(trained, tiny_native, tmp_
         peft = PeftModel.from_pretrained(load_port(tiny_native), str(trained)).eval()
         applied = peft(input_ids=ids, audio_input_ids=codes).logits
     assert (direct - applied).abs().max() <= 1e-5
+    # A merged checkpoint quantizes at load as the base does.
+    quantized, _, _ = load_model(merged, device="cpu", quantize="int8")
+    assert type(quantized.layers[0].self_attn.q_proj).__name__ == "Int8Linear"
     # An existing output is kept unless --force.
     assert main(["finetune", "merge", "--model", str(tiny_native), "--adapter", str(trained), "-o", str(merged),
                  "-q"]) == 1
@@ -123,6 +126,18 @@ def test_resume_continues_the_same_loss_curve(voices, tiny_native, tiny_codec, t
     for x, y in zip(a[10:], b[10:]):
         assert abs(x["loss"] - y["loss"]) <= 1e-6 * abs(x["loss"]), (x, y)
     assert a[-1]["loss"] < a[9]["loss"]  # steps 11-20 still learn (not a flat tail)
+
+
+def test_eval_split_reports_its_loss(voices, tiny_native, tiny_codec, tmp_path):
+    out = tmp_path / "out"
+    assert main(finetune_args(voices, out, tiny_native, tiny_codec, tmp_path / "cache", "--steps", 2,
+                              "--eval-fraction", 0.25, "--eval-every", 1, "--batch-size", 3)) == 0
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(r["eval_loss"] > 0 for r in log)
+    assert log[1]["eval_loss"] != log[0]["eval_loss"]  # measured after each step's update
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["eval_fraction"] == 0.25
 
 
 def _free_port() -> int:
@@ -151,3 +166,27 @@ def test_two_processes_equal_one_on_the_same_global_batch(voices, tiny_native, t
         assert (a[key] - b[key]).abs().max() <= 1e-6, key
     assert any(float(t.abs().max()) > 0 for k, t in a.items() if "lora_B" in k)  # the steps did move B
     assert [r["loss"] for r in read_log(one)] == pytest.approx([r["loss"] for r in read_log(two)], rel=1e-6)
+
+
+def test_speak_and_the_api_take_the_adapter(trained, tiny_native, tiny_codec, tmp_path):
+    from higgs_audio import HiggsAudio
+
+    api = HiggsAudio.from_pretrained(tiny_native, tiny_codec, device="cpu", dtype="float32", adapter=trained,
+                                     max_len=256)
+    tuned, _, _ = load_model(tiny_native, device="cpu", dtype="float32", adapter=trained)
+    assert torch.equal(api.model.audio_head.weight, tuned.audio_head.weight)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HIGGS_AUDIO_", "HF_"))}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HIGGS_AUDIO_VOICES=str(tmp_path / "voices"),
+               HIGGS_AUDIO_CACHE=str(tmp_path / "codes"), OMP_NUM_THREADS="1")
+    speak = [sys.executable, "-m", "higgs_audio", "speak", "Hello.", "--model", str(tiny_native), "--codec",
+             str(tiny_codec), "--device", "cpu", "--dtype", "float32", "--max-len", "256", "--max-new-tokens", "20",
+             "--seed", "1", "-q"]
+    proc = subprocess.run([*speak, "-o", str(tmp_path / "a.wav"), "--adapter", str(trained)], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (tmp_path / "a.wav").stat().st_size > 44
+    proc = subprocess.run([*speak, "-o", str(tmp_path / "b.wav"), "--adapter", str(tmp_path)], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 1
+    assert "adapter_config.json is missing" in proc.stderr.decode()
+    assert not (tmp_path / "b.wav").exists()
