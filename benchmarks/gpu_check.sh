@@ -22,6 +22,10 @@ timeout 90 python3 -m pytest -q -s -p no:cacheprovider -k cuda \
     tests/engine/test_port_generation.py tests/engine/test_prefix_cache.py tests/model/test_quantize.py 2>&1 | tee "$out/tests.txt"
 timeout 200 python3 benchmarks/generate.py --device cuda --compile --configs bf16,int4 \
     --streams 1,16 --frames 150 --cache-dir /tmp/bench 2>&1 | tee "$out/generate.txt"
+# one LoRA training step, full size, 8 clips of 10 s with gradient checkpointing: step time, frames/s, peak
+# memory (does it fit a 24 GB GPU?); needs peft (and accelerate, psutil) from .whl/
+timeout 120 python3 benchmarks/train.py --device cuda --clips 8 --gradient-checkpointing \
+    --cache-dir /tmp/bench 2>&1 | tee "$out/train.txt"
 # torch.compile before capture (fuse=True), against the plain captured step in the same run; compiling takes
 # minutes (four compilations: 1 and 16 streams, below and at the cache's length), so it runs last
 timeout 260 python3 benchmarks/generate.py --device cuda --compile --configs bf16,bf16-fused --skip-port \

@@ -23,7 +23,7 @@ def add_finetune_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--codec", default=DEFAULT_CODEC, help=f"audio tokenizer hub id or folder (default {DEFAULT_CODEC})")
     f.add_argument("--adapter", metavar="DIR", help="merge: the adapter folder to merge")
     f.add_argument("--dry-run", action="store_true", help="check the data and print its summary, then stop")
-    f.add_argument("--force", action="store_true", help="replace OUT if it is not empty")
+    f.add_argument("--force", action="store_true", help="replace the run (or merged checkpoint) in OUT")
     f.add_argument("--resume", action="store_true", help="continue OUT's run from its last checkpoint")
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     g = f.add_argument_group("what to learn")

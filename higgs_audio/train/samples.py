@@ -115,10 +115,6 @@ class Batch:
     def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in (self.ids, self.codes, self.audio, self.text_labels, self.audio_labels)))
 
-    @property
-    def positions(self) -> int:
-        return self.ids.numel()
-
 
 def collate(samples: list[Sample]) -> Batch:
     n = max(len(s) for s in samples)

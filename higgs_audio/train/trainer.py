@@ -28,6 +28,7 @@ from higgs_audio.train.data import Clip, DataError, check_clips, encode_clips, f
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.pt"
+ARGS_FILE = "training_args.json"
 REFERENCES = ("none", "same-speaker")
 
 
@@ -220,8 +221,8 @@ def train(opts: TrainOptions, say=lambda msg: None) -> Path:
         start = int(state["step"])
         say(f"resuming {out} after step {start}")
     if place.main:
-        if opts.force and not opts.resume and out.exists():
-            shutil.rmtree(out)
+        if opts.force and not opts.resume:
+            _remove_run(out)
         out.mkdir(parents=True, exist_ok=True)
         _write_args(out, opts)
         _trim_log(out / LOG_FILE, start)
@@ -291,9 +292,18 @@ def _bar(total: int, initial: int, enabled: bool):
                 dynamic_ncols=True, file=sys.stderr)
 
 
+def _remove_run(out: Path) -> None:
+    """What a run writes into its folder (--force replaces a run, and only that: other files stay)."""
+    from higgs_audio.lora import CONFIG_FILE, WEIGHTS_FILE
+
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, LOG_FILE, ARGS_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
 def _write_args(out: Path, opts: TrainOptions) -> None:
     args = {k: v for k, v in asdict(opts).items() if k not in ("log", "progress", "force", "resume")}
-    (out / "training_args.json").write_text(json.dumps(args, indent=2))
+    (out / ARGS_FILE).write_text(json.dumps(args, indent=2))
 
 
 def _trim_log(path: Path, last_step: int) -> None:

@@ -97,3 +97,6 @@ def test_a_non_empty_output_needs_force_or_resume(tmp_path, capsys, tiny_native,
     assert main(finetune_args(data, out, tiny_native, tiny_codec, tmp_path / "cache", "--steps", 1, "--resume")) == 1
     assert "holds no checkpoint" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "keep me"
+    assert main(finetune_args(data, out, tiny_native, tiny_codec, tmp_path / "cache", "--steps", 1, "--force")) == 0
+    assert (out / "mine.txt").read_text() == "keep me"  # --force replaces a run, not the folder's other files
+    assert (out / "adapter_model.safetensors").is_file()
