@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from higgs_audio.checkpoint import INDEX_FILE, TensorSource, read_json, resolve, safetensors_files
+from higgs_audio.checkpoint import INDEX_FILE, TensorSource, read_json, read_quantization, resolve, safetensors_files
 from higgs_audio.config import ModelConfig
 from higgs_audio.errors import CheckpointError
 from higgs_audio.lora import apply_updates, read_adapter
@@ -30,8 +30,6 @@ def _file_key(source: TensorSource, name: str) -> str:
 def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike, force: bool = False
           ) -> Path:
     from safetensors.torch import save_file
-
-    from higgs_audio.quantized_checkpoint import read_quantization
 
     base = resolve(model)
     if read_quantization(base):
