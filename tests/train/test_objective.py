@@ -162,3 +162,27 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_original)
     assert a == pytest.approx(b, rel=1e-6)
     for name in grads_a:
         assert torch.allclose(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("text, scene, cloned", [
+    ("Hello there, this is a test.", "A quiet room.", True),
+    ("[SPEAKER0] Hi, how are you? [SPEAKER1] Fine, thanks.", None, False),
+])
+def test_a_sample_starts_with_the_prompt_inference_builds(tiny_api, text, scene, cloned):
+    """Up to the target clip's <|audio_out_bos|>, a sample is the prompt ``HiggsAudio.generate`` prefills for the
+    same text, voice and scene (then the engine emits the all-bos column: the block's first column)."""
+    from higgs_audio.prompt import build_prompt
+    from higgs_audio.text import normalize_transcript
+
+    reference = VoiceRef(_codes(0, 4), "The reference line.") if cloned else None
+    request = tiny_api.request(text, voice=reference, scene=scene)
+    messages = sample_messages(normalize_transcript(text), _codes(1, 5), reference=reference, scene=scene)
+    prompt = build_prompt(messages, tiny_api.tokenizer, add_generation_prompt=False)
+    assert prompt.ids[: len(request.ids)] == request.ids
+    assert len(prompt.audio) == len(request.audio) + 1
+    for ours, theirs in zip(prompt.audio, request.audio):
+        assert torch.equal(ours.codes, theirs)
+    sample = build_sample(messages, tiny_api.tokenizer, tiny_api.model.cfg)
+    start = len(request.ids) + sum(a.codes.shape[1] + 8 for a in prompt.audio[:-1])  # earlier blocks expand
+    assert sample.audio[start] and not sample.audio[start - 1]
+    assert sample.codes[start].tolist() == [BOS] * 8
