@@ -28,6 +28,7 @@ from higgs_audio.delay import add_delay_pattern
 from higgs_audio.messages import AudioContent, Message
 from higgs_audio.model.higgs import merge_placeholders
 from higgs_audio.prompt import Tokenizer, VoiceRef, build_messages, build_prompt
+from higgs_audio.text import normalize_transcript, speaker_tags
 
 POLICIES = ("target", "all")
 IGNORE = -100
@@ -47,9 +48,14 @@ class Sample:
 
 
 def sample_messages(text: str, target: torch.Tensor, *, reference: VoiceRef | None = None,
-                    scene: str | None = None) -> list[Message]:
-    """The inference messages for speaking ``text`` (optionally cloning ``reference``) + the target clip."""
-    return [*build_messages(text, voices=reference, scene=scene), Message("assistant", AudioContent(codes=target))]
+                    scene: str | None = None, normalize: bool = True) -> list[Message]:
+    """The messages ``HiggsAudio.generate`` builds to speak ``text`` (optionally cloning ``reference``): speaker
+    tags read before normalising, as there, then the target clip as the assistant's answer."""
+    tags = speaker_tags(text)
+    if normalize:
+        text = normalize_transcript(text)
+    messages = build_messages(text, voices=reference, scene=scene, speaker_tags=tags)
+    return [*messages, Message("assistant", AudioContent(codes=target))]
 
 
 def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:

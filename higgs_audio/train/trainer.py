@@ -129,10 +129,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def _samples(opts, clips, codes, tokenizer, cfg):
     from higgs_audio.prompt import VoiceRef
-    from higgs_audio.text import normalize_transcript
     from higgs_audio.train.samples import build_sample, sample_messages
 
-    texts = [normalize_transcript(c.text) for c in clips]
     by_speaker: dict[str | None, list[int]] = {}
     for i, c in enumerate(clips):
         by_speaker.setdefault(c.speaker, []).append(i)
@@ -143,8 +141,8 @@ def _samples(opts, clips, codes, tokenizer, cfg):
             peers = by_speaker[clip.speaker]
             if len(peers) > 1:  # the next clip of the same speaker, so every clip has a fixed reference
                 j = peers[(peers.index(i) + 1) % len(peers)]
-                reference = VoiceRef(codes[j], texts[j])
-        messages = sample_messages(texts[i], codes[i], reference=reference, scene=clip.scene or opts.scene)
+                reference = VoiceRef(codes[j], clips[j].text)
+        messages = sample_messages(clip.text, codes[i], reference=reference, scene=clip.scene or opts.scene)
         samples.append(build_sample(messages, tokenizer, cfg, opts.train_on))
     return samples
 

@@ -167,16 +167,16 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_original)
 @pytest.mark.parametrize("text, scene, cloned", [
     ("Hello there, this is a test.", "A quiet room.", True),
     ("[SPEAKER0] Hi, how are you? [SPEAKER1] Fine, thanks.", None, False),
+    ("【SPEAKER0】 Not a tag (as the reference reads it), and (brackets) go.", None, False),
 ])
 def test_a_sample_starts_with_the_prompt_inference_builds(tiny_api, text, scene, cloned):
     """Up to the target clip's <|audio_out_bos|>, a sample is the prompt ``HiggsAudio.generate`` prefills for the
     same text, voice and scene (then the engine emits the all-bos column: the block's first column)."""
     from higgs_audio.prompt import build_prompt
-    from higgs_audio.text import normalize_transcript
 
     reference = VoiceRef(_codes(0, 4), "The reference line.") if cloned else None
     request = tiny_api.request(text, voice=reference, scene=scene)
-    messages = sample_messages(normalize_transcript(text), _codes(1, 5), reference=reference, scene=scene)
+    messages = sample_messages(text, _codes(1, 5), reference=reference, scene=scene)
     prompt = build_prompt(messages, tiny_api.tokenizer, add_generation_prompt=False)
     assert prompt.ids[: len(request.ids)] == request.ids
     assert len(prompt.audio) == len(request.audio) + 1
