@@ -19,32 +19,25 @@ from pathlib import Path
 
 from higgs_audio.audio import FORMATS
 from higgs_audio.cache import VOICES_ENV, prefix_dir
-from higgs_audio.errors import AudioInputError, HiggsAudioError
-from higgs_audio.options import add_checkpoint_argument, add_model_arguments, at_least
+from higgs_audio.errors import (
+    AudioInputError,
+    HiggsAudioError,
+    UsageError,
+    did_you_mean,
+)
+from higgs_audio.options import (
+    add_checkpoint_argument,
+    add_model_arguments,
+    at_least,
+    text_or_file,
+)
+from higgs_audio.scenes import SCENES, scene_text
+from higgs_audio.text import CHUNK_METHODS
 from higgs_audio.voices import (
     Voice,
     VoiceLibrary,
-    did_you_mean,
     sidecar_transcript,
 )
-
-# The reference's examples/scene_prompts, byte for byte (spec §7.2): the model hears every token.
-SCENES = {
-    "quiet_indoor": "Audio is recorded from a quiet room.",
-    "reading_blog": (
-        "In this audio, the person is reading a blog post aloud. The content is informative and engaging, with "
-        "the speaker using a clear, conversational tone to make the material feel more approachable. The pacing "
-        "is moderate, allowing listeners to absorb the information, and the tone shifts slightly to emphasize "
-        "key points. The speaker occasionally pauses for effect, ensuring each section flows smoothly, as they "
-        "guide the listener through the post's main ideas."
-    ),
-}
-NO_SCENE = "none"
-CHUNK_METHODS = ("speaker", "word", "sentence", "paragraph")
-
-
-class UsageError(HiggsAudioError):
-    """Options that cannot be used together or are missing (exit code 2, like argparse's own errors)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -188,30 +181,6 @@ def _encode_voices(plan: dict | list, library: VoiceLibrary, api) -> dict | list
                  if isinstance(v, _Clip) else v)
 
 
-def _text_or_file(value: str, what: str) -> str:
-    """The contents of the file ``value`` names, or ``value`` itself; a lone word that looks like a path
-    (a '/' or an extension) but names no file is an error rather than silently spoken as text."""
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    if not any(c.isspace() for c in value.strip()) and ("/" in value or path.suffix):
-        raise UsageError(f"{what} file {path} does not exist")
-    return value.strip()
-
-
-def _scene(value: str | None) -> str | None:
-    """A scene name, a text file, or the scene described in words; ``none`` for no scene."""
-    if value is None or value == NO_SCENE:
-        return None
-    if value in SCENES:
-        return SCENES[value]
-    text = _text_or_file(value, "scene")
-    if text == value.strip() and not any(c.isspace() for c in text):
-        raise UsageError(f"unknown scene {value!r}{did_you_mean(value, SCENES)} (see 'higgs-audio scenes'; "
-                         "a scene described in words needs more than one word)")
-    return text
-
-
 def _sampling(args) -> dict:
     names = ("temperature", "top_k", "top_p", "max_new_tokens", "ras_window", "ras_max_repeat")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
@@ -237,8 +206,8 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
     out, fmt = _output(args)
     if args.chunk is None and (args.chunk_words is not None or args.chunk_turns is not None):
         raise UsageError("--chunk-words and --chunk-turns need --chunk")
-    scene = _scene(args.scene)
-    system = None if args.system is None else _text_or_file(args.system, "system prompt")
+    scene = scene_text(args.scene)
+    system = None if args.system is None else text_or_file(args.system, "system prompt")
     plan = _plan_voices(args, library)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -415,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-normalize", action="store_true",
                    help="speak the text as given (no punctuation, unit or sound-effect normalisation)")
     g = s.add_argument_group("long texts")
-    g.add_argument("--chunk", choices=CHUNK_METHODS, help="generate the text in chunks: by speaker turn or "
-                   "word count as the reference does (mostly Chinese/Japanese/Korean text counts characters "
+    g.add_argument("--chunk", choices=[m for m in CHUNK_METHODS if m],
+                   help="generate the text in chunks: by speaker turn or word count as the reference does (mostly Chinese/Japanese/Korean text counts characters "
                    "where the reference counts jieba words), or by whole sentences or paragraphs (ours)")
     g.add_argument("--chunk-words", type=at_least(1), metavar="N", help="words per chunk (default 200)")
     g.add_argument("--chunk-turns", type=at_least(1), metavar="N",
@@ -471,7 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     q.set_defaults(run=cmd_quantize)
 
-    from higgs_audio.train.cli import add_finetune_arguments, cmd_finetune  # light: argparse only
+    from higgs_audio.train.cli import (  # light: argparse only
+        add_finetune_arguments,
+        cmd_finetune,
+    )
 
     f = sub.add_parser("finetune", parents=[common], help="train a LoRA adapter on your clips (extra [train])",
                        description="Fine-tune the model on clips with transcripts (a voice, a style, a language) "
@@ -480,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_arguments(f)
     f.set_defaults(run=cmd_finetune)
 
-    from higgs_audio.server import add_serve_parser  # light: the server's packages load only when it runs
+    from higgs_audio.server import (
+        add_serve_parser,  # light: the server's packages load only when it runs
+    )
 
     add_serve_parser(sub, parents=[common])
     return parser

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
+from higgs_audio.errors import UsageError
 
 
 def at_least(low: float, kind: type = int, *, above: bool = False):
@@ -41,3 +43,14 @@ def add_model_arguments(parser) -> None:
                              "(default 4096)")
     parser.add_argument("--adapter", metavar="DIR",
                         help="a LoRA adapter folder ('higgs-audio finetune'), merged into the weights at load")
+
+
+def text_or_file(value: str, what: str) -> str:
+    """The contents of the file ``value`` names, or ``value`` itself; a lone word that looks like a path
+    (a '/' or an extension) but names no file is an error rather than silently spoken as text."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    if not any(c.isspace() for c in value.strip()) and ("/" in value or path.suffix):
+        raise UsageError(f"{what} file {path} does not exist")
+    return value.strip()

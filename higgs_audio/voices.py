@@ -15,19 +15,18 @@ encoded, which keeps ``higgs-audio voices`` quick.
 
 from __future__ import annotations
 
-import difflib
 import io
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from higgs_audio.cache import codes_dir, file_digest, fingerprint, voice_folders
-from higgs_audio.errors import AudioInputError, HiggsAudioError
+from higgs_audio.errors import AudioInputError, HiggsAudioError, did_you_mean
 from higgs_audio.files import atomic_write
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -139,14 +138,6 @@ def _scan(folder: Path) -> list[Voice]:
     if profiles.is_file():
         found += [Voice(n, "profile", profiles, description=d) for n, d in _read_profiles(profiles).items()]
     return found
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """"; did you mean 'x'?" for up to 3 similar candidates (misspelt, or ``name`` cut short), else ""."""
-    candidates = list(candidates)
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    close += [c for c in candidates if name and c.startswith(name) and c not in close]
-    return f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
 
 
 class VoiceLibrary:

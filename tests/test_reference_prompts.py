@@ -5,9 +5,9 @@ literally: the reference's prompt built by hand from spec §3.2 and §7, tokenis
 import pytest
 import torch
 
-from higgs_audio.cli import SCENES
 from higgs_audio.longform import generate_longform
 from higgs_audio.prompt import VoiceRef, build_messages, build_prompt
+from higgs_audio.scenes import SCENES
 from higgs_audio.text_tokenizer import TextTokenizer
 from higgs_audio.voices import BUILTIN_PROFILES
 from tests.helpers.text_tokenizer import write_text_tokenizer

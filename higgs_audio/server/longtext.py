@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.engine import FRAME_RATE
 from higgs_audio.longform import ChunkResult, chunk_request, chunk_seed

@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 from higgs_audio.config import DEFAULT_CODEC
+from higgs_audio.errors import UsageError
 from higgs_audio.options import add_checkpoint_argument, at_least
+from higgs_audio.scenes import scene_text
 
 DATA_ERROR_EXIT = 3
 
@@ -68,8 +70,6 @@ def cmd_finetune(args, library) -> int:
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if args.data == "merge":
         return _merge(args, say)
-    from higgs_audio.cli import UsageError
-
     if args.adapter:
         raise UsageError("--adapter is for 'finetune merge'; to continue a run, pass --resume")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
@@ -84,13 +84,13 @@ def cmd_finetune(args, library) -> int:
 
 
 def _train(args, say) -> int:
-    from higgs_audio.cli import _scene
     from higgs_audio.train.trainer import TrainOptions, prepare_data, summarize, train
 
     opts = TrainOptions(
         data=args.data, output=args.output, model=args.model, codec=args.codec, preset=args.preset, rank=args.rank,
         alpha=args.alpha, dropout=args.dropout, train_on=args.train_on, reference=args.reference,
-        scene=_scene(args.scene) if args.scene else None, steps=args.steps, stop_after=args.stop_after, batch_size=args.batch_size,
+        scene=scene_text(args.scene) if args.scene else None, steps=args.steps, stop_after=args.stop_after,
+        batch_size=args.batch_size,
         max_tokens=args.max_tokens, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         grad_clip=args.grad_clip, seed=args.seed, eval_fraction=args.eval_fraction, eval_every=args.eval_every,
         save_every=args.save_every, max_seconds=args.max_seconds, gradient_checkpointing=args.gradient_checkpointing,
@@ -109,7 +109,6 @@ def _train(args, say) -> int:
 
 
 def _merge(args, say) -> int:
-    from higgs_audio.cli import UsageError
     from higgs_audio.train.merge import merge
 
     if not args.adapter:

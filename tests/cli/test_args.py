@@ -6,7 +6,10 @@ import argparse
 
 import pytest
 
-from higgs_audio.cli import SCENES, UsageError, _scene, _text_or_file, _voice_specs, main
+from higgs_audio.cli import _voice_specs, main
+from higgs_audio.errors import UsageError
+from higgs_audio.options import text_or_file
+from higgs_audio.scenes import SCENES, scene_text
 from higgs_audio.server import add_serve_arguments
 
 
@@ -35,26 +38,26 @@ def test_voice_spec_errors(values, message):
 
 
 def test_scene_by_name_file_or_words(tmp_path):
-    assert _scene(None) is None and _scene("none") is None
-    assert _scene("reading_blog") == SCENES["reading_blog"]
+    assert scene_text(None) is None and scene_text("none") is None
+    assert scene_text("reading_blog") == SCENES["reading_blog"]
     path = tmp_path / "scene.txt"
     path.write_text("  Recorded outdoors in light rain.\n")
-    assert _scene(str(path)) == "Recorded outdoors in light rain."
-    assert _scene("A noisy train station.") == "A noisy train station."  # the reference would ignore this
+    assert scene_text(str(path)) == "Recorded outdoors in light rain."
+    assert scene_text("A noisy train station.") == "A noisy train station."  # the reference would ignore this
     with pytest.raises(UsageError, match="scene file .*missing.txt does not exist"):
-        _scene(str(tmp_path / "missing.txt"))
+        scene_text(str(tmp_path / "missing.txt"))
     with pytest.raises(UsageError, match="did you mean 'reading_blog'"):
-        _scene("reading_blg")
-    assert _scene("Half indoor/outdoor ambience.") == "Half indoor/outdoor ambience."
+        scene_text("reading_blg")
+    assert scene_text("Half indoor/outdoor ambience.") == "Half indoor/outdoor ambience."
 
 
-def test_system_prompt_text_or_file(tmp_path):
+def test_system_prompttext_or_file(tmp_path):
     path = tmp_path / "interpreter.txt"
     path.write_text("You are a simultaneous interpreter.\n")
-    assert _text_or_file(str(path), "system prompt") == "You are a simultaneous interpreter."
-    assert _text_or_file("Speak slowly and/or calmly.", "system prompt") == "Speak slowly and/or calmly."
+    assert text_or_file(str(path), "system prompt") == "You are a simultaneous interpreter."
+    assert text_or_file("Speak slowly and/or calmly.", "system prompt") == "Speak slowly and/or calmly."
     with pytest.raises(UsageError, match="system prompt file .*typo.txt does not exist"):
-        _text_or_file(str(tmp_path / "typo.txt"), "system prompt")
+        text_or_file(str(tmp_path / "typo.txt"), "system prompt")
 
 
 def test_scenes_command(capsys):

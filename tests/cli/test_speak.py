@@ -13,7 +13,8 @@ import soundfile as sf
 
 from higgs_audio.audio import read_audio
 from higgs_audio.cache import file_digest
-from higgs_audio.cli import SCENES, main
+from higgs_audio.cli import main
+from higgs_audio.scenes import SCENES
 from higgs_audio.text_tokenizer import TextTokenizer
 from higgs_audio.voices import BUILTIN_PROFILES
 
