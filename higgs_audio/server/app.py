@@ -1,8 +1,8 @@
 """The HTTP face: OpenAI-compatible routes over one ``HiggsAudio`` and its continuous-batching scheduler.
 
 Routes: ``POST /v1/audio/speech``, ``POST /v1/audio/generation``, ``POST /v1/chat/completions``,
-``GET /v1/models``, ``GET|POST /v1/voices``, ``DELETE /v1/voices/{name}``, ``GET /health``, ``GET /metrics``
-and the web page at ``/``.
+``GET /v1/models``, ``GET|POST /v1/voices``, ``DELETE /v1/voices/{name}``, ``GET /v1/scenes``, ``GET /health``,
+``GET /metrics`` and the web page (the playground) at ``/``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.api import HiggsAudio
+from higgs_audio.cli import SCENES
 from higgs_audio.server import errors
 from higgs_audio.server.chat import chat_completion
 from higgs_audio.server.errors import APIError
@@ -115,6 +116,11 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
                 for v in clips.values()]
         data += [{"id": f"profile:{v.name}", "object": "voice", "kind": v.kind, "description": v.description}
                  for v in profiles.values()]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/scenes", dependencies=secured)
+    async def list_scenes() -> dict:
+        data = [{"id": name, "object": "scene", "description": text} for name, text in SCENES.items()]
         return {"object": "list", "data": data}
 
     @app.post("/v1/voices", dependencies=secured, status_code=201)

@@ -60,6 +60,14 @@ class SpeechRequest(AudioOptions):
     instructions: str | None = Field(None, description="used as the scene description when scene is not set")
     reference_audio: str | None = Field(None, description="a voice to clone: base64 of an audio file or a data: URI")
     reference_text: str | None = Field(None, description="the words spoken in reference_audio")
+    speakers: dict[Annotated[str, Field(pattern=r"^SPEAKER\d+$")], str] | None = Field(
+        None,
+        description="a voice per [SPEAKERn] tag of a dialogue, each as 'voice' takes it, e.g. "
+        "{'SPEAKER0': 'belinda', 'SPEAKER1': 'profile:a deep, calm male voice'}",
+    )
+    system: str | None = Field(
+        None, description="a system prompt in place of the default one, e.g. an interpreter's instruction"
+    )
 
 
 class GenerationRequest(AudioOptions):

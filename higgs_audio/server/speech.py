@@ -25,24 +25,38 @@ from higgs_audio.server.service import (
 
 
 def speech_voice(service: Service, body: SpeechRequest):
+    """(voice, system prompt) of a speech request: a reference clip, a voice per speaker, or one voice."""
+    if body.speakers and (body.voice or body.reference_audio is not None):
+        raise APIError(400, "give either speakers (a voice per [SPEAKERn] tag) or voice/reference_audio, "
+                       "not both", param="speakers")
     if body.reference_audio is not None:
         if not body.reference_text:
             raise APIError(400, "reference_audio needs reference_text, the words spoken in it",
                            param="reference_text")
         data = audio_bytes(body.reference_audio, service.settings, "reference_audio")
         codes = service.api.encode_audio(AudioContent(data=data))
-        return VoiceRef(codes, body.reference_text), None
+        return VoiceRef(codes, body.reference_text), body.system
+    if body.speakers:
+        voices = {tag: named_voice(service, name, f"speakers.{tag}")[0] for tag, name in body.speakers.items()}
+        return {tag: v for tag, v in voices.items() if v is not None}, body.system
     if not body.voice:
-        return None, None
-    found = library_voice(service, body.voice)
+        return None, body.system
+    voice, preset = named_voice(service, body.voice, "voice")
+    return voice, body.system or preset
+
+
+def named_voice(service: Service, name: str, param: str):
+    """(voice, preset system prompt) of a voice name: the library's, a 'profile:' description, or (None, None)
+    for OpenAI's built-in names, which mean 'let the model choose'."""
+    found = library_voice(service, name)
     if found is not None:
         return found
-    if body.voice.startswith("profile:"):
-        return VoiceProfile(body.voice[len("profile:"):].strip()), None
-    if body.voice.lower() in OPENAI_VOICES:
+    if name.startswith("profile:"):
+        return VoiceProfile(name[len("profile:"):].strip()), None
+    if name.lower() in OPENAI_VOICES:
         return None, None
-    raise APIError(400, f"unknown voice {body.voice!r}; GET /v1/voices lists the voices, or use "
-                   "'profile:<description>'", param="voice", code="voice_not_found")
+    raise APIError(400, f"unknown voice {name!r}; GET /v1/voices lists the voices, or use "
+                   "'profile:<description>'", param=param, code="voice_not_found")
 
 
 def profile_voice(service: Service, profile: str | None):
