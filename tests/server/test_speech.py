@@ -156,6 +156,39 @@ def test_inline_reference_voice(server):
     assert not_base64.status_code == 400 and not_base64.json()["error"]["param"] == "reference_audio"
 
 
+def test_a_voice_per_speaker_and_a_system_prompt(server):
+    dialogue = "[SPEAKER0] Did you hear that?\n[SPEAKER1] Hear what?"
+    body = {"input": dialogue, "response_format": "pcm", "seed": 4, "stream": False}
+    two = {"SPEAKER0": "profile:a bright young woman", "SPEAKER1": "profile:an old man, hoarse"}
+    with server.client() as c:
+        def speak(**extra):
+            return c.post("/v1/audio/speech", json={**body, **extra})
+
+        voiced, again = speak(speakers=two), speak(speakers=two)
+        other = speak(speakers={**two, "SPEAKER1": "profile:a child, giggling"})
+        plain, chosen = speak(), speak(speakers={"SPEAKER0": "alloy"})  # OpenAI names: the model chooses
+        instructed = speak(system="You read dialogues as a radio play.")
+        unknown = speak(speakers={**two, "SPEAKER1": "nobody"})
+        both = speak(speakers=two, voice="profile:calm")
+        untagged = speak(speakers={"NARRATOR": "profile:calm"})
+    for response in (voiced, other, plain, chosen, instructed):
+        assert response.status_code == 200, response.text
+    # Each speaker's voice and the system prompt are part of the prompt: they change the audio, repeatably.
+    assert voiced.content == again.content and voiced.content != other.content != plain.content
+    assert chosen.content == plain.content and instructed.content != plain.content
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "speakers.SPEAKER1"
+    assert both.status_code == 400 and both.json()["error"]["param"] == "speakers"
+    assert untagged.status_code == 400 and "speakers" in untagged.json()["error"]["message"]
+
+
+def test_scenes_route(server):
+    from higgs_audio.cli import SCENES
+
+    with server.client() as c:
+        scenes = c.get("/v1/scenes").json()["data"]
+    assert {s["id"]: s["description"] for s in scenes} == SCENES
+
+
 def test_a_voice_used_again_is_copied_from_the_prefix_cache(server):
     """The second request in a cloned voice prefills only what differs from the first one's prompt."""
     clip = base64.b64encode(_sine_wav(seconds=3.0)).decode()  # 75 frames
