@@ -9,7 +9,8 @@ written to a temporary directory; both implementations load them and encode / de
 Reported: real-time factor (processing seconds per second of audio; below 1 is faster than real time) for
 encode and decode, the best of ``--repeats`` runs after one warm-up, and port / ours ratios (above 1: we are
 faster). Also our streaming decoder fed 10-frame chunks, and ``--streams`` streams decoded chunk by chunk
-one by one or together (``StreamDecoder.push_many``, as the server does). Runs are interleaved.
+one by one or together (``StreamDecoder.push_many``, as the server does). Runs are interleaved. The same
+numbers are drawn as a picture (``--plot``, default codec.png).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--streams", type=int, default=8, help="streams for the batched streaming decode")
+    parser.add_argument("--plot", default="codec.png", help="the picture of the results ('none': no picture)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,6 +120,14 @@ def main() -> None:
           f"RTF {stream / duration:.4f}")
     print(f"{args.streams} streams, 10-frame chunks: RTF per stream {apart / duration / args.streams:.4f} one by one, "
           f"{together / duration / args.streams:.4f} together (x{apart / together:.2f})")
+    if args.plot != "none":
+        import plots
+
+        rtf = {name: (ours_s / duration, port_s / duration) for name, (ours_s, port_s) in timings.items()}
+        streaming = {"one stream": stream / duration, f"{args.streams} streams, one by one": apart / duration / args.streams,
+                     f"{args.streams} streams together": together / duration / args.streams}
+        settings = f"{duration:.0f} s clip, best of {args.repeats}"
+        print(f"picture: {plots.codec(rtf, streaming, Path(args.plot), f'{plots.machine(args.device)} · {settings}')}")
 
 
 if __name__ == "__main__":

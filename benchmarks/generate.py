@@ -7,6 +7,8 @@ Each engine configuration runs in its own subprocess so peak memory is measured 
     python benchmarks/generate.py --device cuda --compile --configs bf16,bf16-fused,int4 --streams 1,16
     python benchmarks/generate.py --configs int8-saved --cpu-isa avx2 --rounds 2   # best of two turns each
 
+It prints a table and writes the same numbers as a picture (``--plot``, default generate.png).
+
 Reported per configuration: prefill seconds for a ~300-token voice-clone prompt, single-stream decode
 frames/s, aggregate frames/s at each batch size, time to first decodable audio frame, peak RSS / GPU memory.
 """
@@ -304,6 +306,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every configuration this many times, in turn, and report each one's best: on a "
                              "machine shared with others, a slow stretch then does not fall on one engine alone")
+    parser.add_argument("--plot", default="generate.png", help="the picture of the results ('none': no picture)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
@@ -386,6 +389,11 @@ def main() -> None:
                           " sooner" if "cached_voice_first_frame_s" in r else "")
             print(f"  {name}: prefill x{port['prefill_s'] / r['prefill_s']:.2f} faster, "
                   f"decode x{r['decode_frames_per_s'] / port['decode_frames_per_s']:.2f}{batch}{same_voice}")
+    if args.plot != "none":
+        import plots
+
+        settings = f"{args.frames} steps timed per batch size{isa}" + (f", best of {args.rounds}" if args.rounds > 1 else "")
+        print(f"\npicture: {plots.generation(results, streams, Path(args.plot), f'{plots.machine(args.device)} · {settings}')}")
 
 
 if __name__ == "__main__":

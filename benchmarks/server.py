@@ -8,7 +8,8 @@ another, each with its own fixed seed, so both servers generate exactly the same
     python benchmarks/server.py --model DIR --codec DIR --device cuda --max-new-tokens 500
 
 Reported per server and concurrency: requests/s, time to first audio (first body byte) p50/p95, and seconds
-of audio generated per wall-clock second; then batched / unbatched ratios. ``--json FILE`` saves the numbers.
+of audio generated per wall-clock second; then batched / unbatched ratios. ``--json FILE`` saves the numbers,
+``--plot FILE`` draws them (default server.png).
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--max-batch", type=int, default=16, help="the batched server's slots")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--plot", default="server.png", help="the picture of the results ('none': no picture)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -165,6 +167,12 @@ def main() -> None:
               f"audio x{b['audio_s_per_s'] / max(u['audio_s_per_s'], 1e-9):.2f}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
+    if args.plot != "none":
+        import plots
+
+        model = "tiny random model" if args.tiny else Path(args.model).name
+        settings = f"{model}, {args.requests} requests per client, {args.max_new_tokens} steps each"
+        print(f"picture: {plots.server(results, Path(args.plot), f'{plots.machine(args.device)} · {settings}')}")
 
 
 if __name__ == "__main__":
