@@ -1,6 +1,6 @@
 """Pictures of the benchmarks' numbers: each script hands its results here and gets a PNG beside its text.
 
-Needs matplotlib (``pip install -e '.[bench]'``). Every picture carries a caption naming the machine (CPU
+Needs matplotlib (in the ``dev`` extra, with the transformers port the benchmarks run against). Every picture carries a caption naming the machine (CPU
 model, GPU if one ran), the torch version and the date, so a picture is never read as another machine's.
 """
 
@@ -36,7 +36,7 @@ def _figure(panels: int):
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("pictures need matplotlib: pip install -e '.[bench]' (or pass --plot none)") from None
+        raise SystemExit("pictures need matplotlib: pip install -e '.[dev]' (or pass --plot none)") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
