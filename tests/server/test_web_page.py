@@ -93,11 +93,20 @@ class Playground:
             page.click("#advanced summary")
         page.fill("#max-new-tokens", steps)
         page.fill("#seed", seed)
+        started = self.generations()
         page.click("#generate")
         if wait:
-            page.wait_for_function("document.querySelector('#status').textContent.startsWith('Done')",
-                                   timeout=120_000)
-        return self.bodies[-1] if wait else None
+            self.wait_done(started)
+            return self.bodies[-1]
+
+    def generations(self) -> int:
+        return self.page.locator("#history li").count()
+
+    def wait_done(self, started: int):
+        """Wait for the generation begun when the history had ``started`` entries to join it, done."""
+        self.page.wait_for_function("([n]) => document.querySelectorAll('#history li').length > n", arg=[started],
+                                    timeout=120_000)
+        assert self.page.text_content("#status").startswith("Done"), self.page.text_content("#status")
 
     def shot(self, name: str):
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -217,7 +226,12 @@ def test_two_speaker_dialogue(tab):
     page.select_option("#speaker-voice-0", "tone")
     page.select_option("#speaker-voice-1", "profile")
     page.fill("#speaker-profile-1", "an old man, slow and hoarse")
-    body = tab.speak()
+    page.fill("#max-new-tokens", SHORT)
+    page.focus("#dialogue")
+    started = tab.generations()
+    page.keyboard.press("Control+Enter")  # speaks without leaving the keyboard
+    tab.wait_done(started)
+    body = tab.bodies[-1]
     assert body["speakers"] == {"SPEAKER0": "tone", "SPEAKER1": "profile:an old man, slow and hoarse"}
     assert body["input"].startswith("[SPEAKER0]") and "voice" not in body
     tab.shot("dialogue-done-light")
@@ -286,7 +300,7 @@ def test_stop_cancels_on_the_server(tab, play_server):
     page = tab.page
     page.fill("#text", "A long story that would take a long time to tell, if nobody stopped it. " * 4)
     tab.speak(steps="3000", wait=False)
-    page.wait_for_function("document.querySelector('#ttfa').textContent !== '–'", timeout=60_000)
+    page.wait_for_function("document.querySelector('#status').textContent === 'Speaking…'", timeout=60_000)
     assert play_server.metrics()["higgs_active_streams"] == 1
     tab.shot("speaking-light")
     page.click("#stop")
