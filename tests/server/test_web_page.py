@@ -78,12 +78,15 @@ class Playground:
         self.page.add_init_script(WATCH_DURATION)
         self.errors: list[str] = []
         self.bodies: list[dict] = []
+        self.url, self.elsewhere = server.url, []  # requests to anywhere but the server: the page works offline
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", self._seen)
         self.page.goto(server.url + "/")
         self.page.wait_for_function("document.querySelector('#voice').options.length > 1")
 
     def _seen(self, request):
+        if not request.url.startswith((self.url + "/", "blob:", "data:")):
+            self.elsewhere.append(request.url)
         if request.method == "POST" and request.url.endswith("/v1/audio/speech"):
             self.bodies.append(json.loads(request.post_data))
 
@@ -138,6 +141,7 @@ class Playground:
     def close(self):
         self.context.close()
         assert not self.errors, self.errors
+        assert not self.elsewhere, self.elsewhere
 
 
 @pytest.fixture(scope="module")
