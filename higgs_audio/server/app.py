@@ -90,7 +90,7 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
         params = sampling(body, settings)
         chunks = await run_in_threadpool(lambda: long_text(service, body.input, voice=voice, scene=scene,
                                                            system=system, params=params,
-                                                           max_words=settings.chunk_words))
+                                                           max_words=settings.chunk_words, method=body.chunk))
         if chunks is not None:
             return await audio_response(service, request, body, chunks.build,
                                         follow=lambda job: chunks.follow(job, request))

@@ -60,10 +60,10 @@ class LongText:
 
 
 def long_text(service: Service, text: str, *, voice, scene: str | None, system: str | None, params: dict,
-              max_words: int) -> LongText | None:
-    """A ``LongText`` when ``text`` makes more than one chunk of ``max_words`` words, else None (it is
-    spoken as one request)."""
-    pieces = [p for p in split_chunks(text, CHUNK_METHOD, max_words, normalize=True) if p.strip()]
+              max_words: int, method: str | None = None) -> LongText | None:
+    """A ``LongText`` when ``text`` makes more than one chunk (split by ``method``, default ``CHUNK_METHOD``,
+    with ``max_words``), else None (it is spoken as one request)."""
+    pieces = [p for p in split_chunks(text, method or CHUNK_METHOD, max_words, normalize=True) if p.strip()]
     if len(pieces) < 2:
         return None
     context = build_context(voices=voice, scene=scene, system=system, speaker_tags=speaker_tags(text))

@@ -68,6 +68,10 @@ class SpeechRequest(AudioOptions):
     system: str | None = Field(
         None, description="a system prompt in place of the default one, e.g. an interpreter's instruction"
     )
+    chunk: Literal["sentence", "paragraph", "word", "speaker"] | None = Field(
+        None, description="where an input longer than the server's --chunk-words is cut into chunks: at sentence "
+        "ends, at paragraph ends (unset: this), every --chunk-words words; or at every speaker turn, whatever its length"
+    )
 
 
 class GenerationRequest(AudioOptions):

@@ -181,6 +181,23 @@ def test_a_voice_per_speaker_and_a_system_prompt(server):
     assert untagged.status_code == 400 and "speakers" in untagged.json()["error"]["message"]
 
 
+def test_chunk_chooses_how_a_text_is_split(server):
+    def generations() -> float:
+        return sum(v for k, v in server.metrics().items() if k.startswith("higgs_generations_total"))
+
+    body = {"input": "[SPEAKER0] One thing.\n[SPEAKER1] Then another.", "response_format": "pcm", "seed": 2,
+            "stream": False}
+    counts = []
+    with server.client() as c:
+        for extra in ({}, {"chunk": "speaker"}):
+            before = generations()
+            assert c.post("/v1/audio/speech", json={**body, **extra}).status_code == 200
+            counts.append(generations() - before)
+        wrong = c.post("/v1/audio/speech", json={**body, "chunk": "chapter"})
+    assert counts == [1, 2]  # a short text is one generation, unless asked to go turn by turn
+    assert wrong.status_code == 400 and "chunk" in wrong.json()["error"]["message"]
+
+
 def test_scenes_route(server):
     from higgs_audio.cli import SCENES
 
