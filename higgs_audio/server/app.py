@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.api import HiggsAudio
-from higgs_audio.cli import SCENES
+from higgs_audio.scenes import SCENES
 from higgs_audio.server import errors
 from higgs_audio.server.chat import chat_completion
 from higgs_audio.server.errors import APIError
