@@ -91,6 +91,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
         import uvicorn
 
         from higgs_audio.server.app import Settings, create_app
+        from higgs_audio.server.backend import LocalBackend
     except ImportError as e:
         raise SystemExit(f"the server needs its extra packages: pip install 'higgs-audio[server]' ({e})") from None
     from higgs_audio.api import HiggsAudio
@@ -113,6 +114,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
                                      max_batch=args.max_batch, max_len=args.max_len,
                                      prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
                                      progress=sys.stderr.isatty())
-    app = create_app(api, library or VoiceLibrary(args.voices_dir), settings)
+    voices = library or VoiceLibrary(args.voices_dir)
+    app = create_app(LocalBackend(api, voices, settings), voices, settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

@@ -1,4 +1,5 @@
-"""The HTTP face: OpenAI-compatible routes over one ``HiggsAudio`` and its continuous-batching scheduler.
+"""The HTTP face: OpenAI-compatible routes over a backend (backend.py): this process's engine for
+``higgs-audio serve``, or the engine replicas of a Ray Serve cluster for ``higgs-audio cluster``.
 
 Routes: ``POST /v1/audio/speech``, ``POST /v1/audio/generation``, ``POST /v1/chat/completions``,
 ``GET /v1/models``, ``GET|POST /v1/voices``, ``DELETE /v1/voices/{name}``, ``GET /v1/scenes``, ``GET /health``,
@@ -14,37 +15,32 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from higgs_audio.api import HiggsAudio
 from higgs_audio.scenes import SCENES
 from higgs_audio.server import errors
+from higgs_audio.server.backend import Backend, Work
 from higgs_audio.server.chat import chat_completion
 from higgs_audio.server.errors import APIError
-from higgs_audio.server.longtext import long_text
-from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.middleware import BodyLimit, RequestLog
-from higgs_audio.server.pipeline import CodecBatcher
-from higgs_audio.server.scheduler import Scheduler
-from higgs_audio.server.schemas import ChatRequest, GenerationRequest, SpeechRequest
-from higgs_audio.server.service import Service, Settings, check_chars, check_model, sampling
-from higgs_audio.server.speech import audio_response, profile_voice, speech_voice
+from higgs_audio.server.schemas import AudioOptions, ChatRequest, GenerationRequest, SpeechRequest
+from higgs_audio.server.service import Settings, check_chars, check_model
+from higgs_audio.server.speech import audio_response
 from higgs_audio.voices import AUDIO_SUFFIXES, VoiceLibrary
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
 
-def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> FastAPI:
-    metrics = Metrics()
-    scheduler = Scheduler(api, metrics, max_queue=settings.max_queue, timeout_s=settings.timeout_s)
-    service = Service(api, voices, settings, metrics, scheduler, CodecBatcher(api.codec, metrics))
-
+def create_app(backend: Backend, voices: VoiceLibrary, settings: Settings) -> FastAPI:
+    """The routes over ``backend`` (its ``start``/``stop`` run with the app); ``voices`` serves the voice
+    routes (the backend's engines must read the same folders)."""
+    metrics = backend.metrics
     app = FastAPI(
         title="higgs-audio",
         description="OpenAI-compatible speech server for Higgs Audio V2",
         version="0.1.0",
-        lifespan=_lifespan(scheduler),
+        lifespan=_lifespan(backend),
     )
     errors.install(app)
     if settings.cors_origins:
@@ -69,12 +65,14 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
         return HTMLResponse(WEB_PAGE.read_text(encoding="utf-8"))
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": settings.served_model_name, **scheduler.stats()}
+    async def health() -> JSONResponse:
+        healthy, stats = await backend.health()
+        return JSONResponse({"status": "ok" if healthy else "unavailable", "model": settings.served_model_name,
+                             **stats}, status_code=200 if healthy else 503)
 
     @app.get("/metrics", dependencies=secured, response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(await backend.metrics_text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models", dependencies=secured)
     async def models() -> dict:
@@ -85,29 +83,17 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
     async def speech(body: SpeechRequest, request: Request):
         check_model(body.model, settings)
         check_chars(body.input, settings, "input")
-        voice, system = await run_in_threadpool(speech_voice, service, body)
-        scene = body.scene or body.instructions
-        params = sampling(body, settings)
-        chunks = await run_in_threadpool(lambda: long_text(service, body.input, voice=voice, scene=scene,
-                                                           system=system, params=params,
-                                                           max_words=settings.chunk_words, method=body.chunk))
-        if chunks is not None:
-            return await audio_response(service, request, body, chunks.build,
-                                        follow=lambda job: chunks.follow(job, request))
-        return await audio_response(service, request, body, lambda: api.request(
-            body.input, voice=voice, scene=scene, system=system, **params))
+        return await audio_response(backend, request, _work("speech", body, request))
 
     @app.post("/v1/audio/generation", dependencies=secured)
     async def generation(body: GenerationRequest, request: Request):
         check_chars(body.text, settings, "text")
-        voice, system = await run_in_threadpool(profile_voice, service, body.voice_profile)
-        return await audio_response(service, request, body, lambda: api.request(
-            body.text, voice=voice, scene=body.scene, system=system, **sampling(body, settings)))
+        return await audio_response(backend, request, _work("generation", body, request))
 
     @app.post("/v1/chat/completions", dependencies=secured)
     async def chat(body: ChatRequest, request: Request):
         body.model = check_model(body.model, settings)
-        return await chat_completion(service, request, body)
+        return await chat_completion(backend, request, body)
 
     @app.get("/v1/voices", dependencies=secured)
     async def list_voices() -> dict:
@@ -134,7 +120,7 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
         if file is not None and description is None:
             if not (transcript or "").strip():
                 raise APIError(400, "give the transcript: the words spoken in the clip", param="transcript")
-            voice = await _add_clip(voices, name, transcript, file, force, api.max_reference_seconds)
+            voice = await _add_clip(voices, name, transcript, file, force, backend.max_reference_seconds)
             return {"id": voice.name, "object": "voice", "kind": voice.kind, "transcript": voice.transcript}
         if file is None and description is not None:
             voice = await run_in_threadpool(lambda: voices.add_profile(name, description, force=force))
@@ -158,14 +144,19 @@ def create_app(api: HiggsAudio, voices: VoiceLibrary, settings: Settings) -> Fas
     return app
 
 
-def _lifespan(scheduler: Scheduler):
+def _lifespan(backend: Backend):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler.start()
+        await backend.start()
         yield
-        scheduler.stop()
+        await backend.stop()
 
     return lifespan
+
+
+def _work(route: str, body: AudioOptions, request: Request) -> Work:
+    stream = body.stream or body.stream_format == "sse"
+    return Work(route, body, stream, request.state.request_id)
 
 
 async def _add_clip(voices: VoiceLibrary, name: str, transcript: str, file: UploadFile, force: bool,

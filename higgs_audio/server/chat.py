@@ -10,15 +10,15 @@ import time
 import uuid
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.engine import Request as EngineRequest
 from higgs_audio.messages import AudioContent, Message, TextContent
 from higgs_audio.prompt import VoiceProfile, build_context
+from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Finish, Work, next_event
 from higgs_audio.server.encoding import encode_file, pcm16
 from higgs_audio.server.errors import APIError
-from higgs_audio.server.pipeline import JobAudio
 from higgs_audio.server.schemas import ChatRequest
 from higgs_audio.server.service import (
     OPENAI_VOICES,
@@ -29,7 +29,6 @@ from higgs_audio.server.service import (
     observe_first_audio,
     sampling,
     sse_event,
-    submit,
 )
 
 CHAT_FORMATS = {"pcm16": "pcm"}
@@ -81,78 +80,75 @@ def chat_voice(service: Service, body: ChatRequest, messages: list[Message]) -> 
     return messages[:leading] + context + messages[leading:]
 
 
-async def chat_completion(service: Service, request: Request, body: ChatRequest):
-    api, settings = service.api, service.settings
-    want_audio = "audio" in body.modalities
-    fmt = CHAT_FORMATS.get(body.audio.format, body.audio.format) if body.audio else "wav"
+def chat_request(service: Service, body: ChatRequest) -> EngineRequest:
+    """The engine request of a chat completion (run off the event loop: it encodes the audio parts)."""
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    params = sampling(body, settings, body.max_completion_tokens or body.max_tokens)
+    params = sampling(body, service.settings, body.max_completion_tokens or body.max_tokens)
     if stops:
         params["stop"] = stops
+    messages = chat_voice(service, body, chat_messages(service, body))
+    return service.api.request(messages=messages, force_audio="audio" in body.modalities, **params)
 
-    def build() -> EngineRequest:
-        messages = chat_voice(service, body, chat_messages(service, body))
-        return api.request(messages=messages, force_audio=want_audio, **params)
 
-    job = await submit(service, request, build)
-    audio = JobAudio(job, service.codec, chunk_frames=settings.chunk_frames)
+async def chat_completion(backend: Backend, request: Request, body: ChatRequest):
+    want_audio = "audio" in body.modalities
+    fmt = CHAT_FORMATS.get(body.audio.format, body.audio.format) if body.audio else "wav"
+    events = backend.generate(Work("chat", body, body.stream, request.state.request_id))
     created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     audio_id = f"audio-{uuid.uuid4().hex}"
-    route = request.url.path
 
-    def usage() -> dict:
-        run = job.run
-        return {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.steps,
-                "total_tokens": run.prompt_tokens + run.steps}
+    def usage(end: Finish) -> dict:
+        return {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens,
+                "total_tokens": end.prompt_tokens + end.completion_tokens}
 
     if not body.stream:
-        result = await audio.collect(request)
-        observe_first_audio(service, request, route, audio)
-        message: dict = {"role": "assistant", "content": result.text or None}
+        whole = await next_event(events, request)
+        end = await next_event(events, request)
+        observe_first_audio(backend.metrics, request)
+        message: dict = {"role": "assistant", "content": whole.text or None}
         if want_audio:
-            data = await run_in_threadpool(encode_file, result.audio, api.sample_rate, fmt)
+            data = await run_in_threadpool(encode_file, whole.audio, backend.sample_rate, fmt)
             message["audio"] = {"id": audio_id, "data": b64(data), "expires_at": created + 3600,
-                                "transcript": result.text}
-        return {"id": ident, "object": "chat.completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish(result.finish_reason)}],
-                "usage": usage()}
+                                "transcript": whole.text}
+        answer = {"id": ident, "object": "chat.completion", "created": created, "model": body.model,
+                  "choices": [{"index": 0, "message": message, "finish_reason": finish(end.reason)}],
+                  "usage": usage(end)}
+        return JSONResponse(answer, headers={REPLICA_HEADER: whole.replica})
 
-    await audio.started(request)
+    first = await next_event(events, request)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
         return sse_event({"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
-    async def events():
+    async def deltas():
         yield chunk({"role": "assistant", "content": ""})
-        text_ids: list[int] = []
-        said = ""
-        async for wave, new_ids in audio.stream():
-            delta: dict = {}
-            if new_ids:
-                text_ids += new_ids
-                text = api.tokenizer.decode(text_ids, skip_special_tokens=True)
-                if not text.endswith("\ufffd") and text.startswith(said) and text != said:
-                    delta["content"], said = text[len(said):], text
-            if want_audio and (len(wave) or "content" in delta):  # openai's ChoiceDeltaAudio
-                delta["audio"] = {"id": audio_id}
-                if len(wave):
-                    observe_first_audio(service, request, route, audio)
-                    delta["audio"]["data"] = b64(pcm16(wave))
-                if "content" in delta:
-                    delta["audio"]["transcript"] = delta["content"]
-            if delta:
-                yield chunk(delta)
+        event = first
+        try:
+            while isinstance(event, Chunk):
+                delta: dict = {"content": event.text} if event.text else {}
+                if want_audio and (len(event.audio) or event.text):  # openai's ChoiceDeltaAudio
+                    delta["audio"] = {"id": audio_id}
+                    if len(event.audio):
+                        observe_first_audio(backend.metrics, request)
+                        delta["audio"]["data"] = b64(pcm16(event.audio))
+                    if event.text:
+                        delta["audio"]["transcript"] = event.text
+                if delta:
+                    yield chunk(delta)
+                event = await anext(events)
+        finally:
+            await events.aclose()
         if want_audio:  # as OpenAI's last audio update: only its expiry
             yield chunk({"audio": {"id": audio_id, "expires_at": created + 3600}})
-        yield chunk({}, finish(audio.outcome.reason))
+        yield chunk({}, finish(event.reason))
         if include_usage:
             yield sse_event({"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                        "choices": [], "usage": usage()})
+                        "choices": [], "usage": usage(event)})
         yield sse_event("[DONE]")
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(deltas(), media_type="text/event-stream", headers={REPLICA_HEADER: first.replica})
 
 
 def finish(reason: str) -> str:

@@ -10,7 +10,6 @@ frames as one stream (``JobAudio`` with ``follow``).
 from __future__ import annotations
 
 import torch
-from fastapi import Request
 
 from higgs_audio.engine import FRAME_RATE
 from higgs_audio.longform import ChunkResult, chunk_request, chunk_seed
@@ -45,7 +44,7 @@ class LongText:
                                       context_chunks=CONTEXT_CHUNKS, **params)
         return request
 
-    async def follow(self, job: Job, http_request: Request) -> Job | None:
+    async def follow(self, job: Job, request_id: str) -> Job | None:
         """Record the chunk ``job`` spoke; queue the next one, if any is left (and time for it)."""
         codes = job.run.codes
         k = self.service.api.model.cfg.num_codebooks
@@ -56,7 +55,7 @@ class LongText:
         self.index += 1
         if self.index == len(self.pieces) or (self.max_seconds is not None and self.seconds >= self.max_seconds):
             return None
-        return await submit(self.service, http_request, self.build, continuing=True)
+        return await submit(self.service, request_id, self.build, continuing=True)
 
 
 def long_text(service: Service, text: str, *, voice, scene: str | None, system: str | None, params: dict,

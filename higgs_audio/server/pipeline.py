@@ -10,14 +10,12 @@ stream decoder waits for each frame's right context.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request as HTTPRequest
 
 from higgs_audio.codec import AudioCodec, StreamDecoder
 from higgs_audio.server.encoding import Tempo
@@ -25,14 +23,10 @@ from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job
 
-DISCONNECT_POLL_S = 0.25
-
-
 @dataclass
 class Outcome:
     reason: str = "length"
     text_ids: list[int] = field(default_factory=list)
-    first_audio_at: float | None = None  # perf_counter time of the first audio chunk handed out
 
 
 def _failure(error: BaseException) -> APIError:
@@ -95,40 +89,25 @@ class JobAudio:
         self.outcome = Outcome()
         self._earlier = (0, 0)  # usage of the chunks before this job
         self._first = None  # an item read ahead by ``started``
-        self._checked = time.perf_counter()  # last check for a client disconnect
 
     def usage(self) -> tuple[int, int]:
         """(prompt tokens, generation steps) of every chunk so far."""
         run = self.job.run
         return self._earlier[0] + run.prompt_tokens, self._earlier[1] + run.steps
 
-    async def started(self, http_request: HTTPRequest | None = None) -> None:
+    async def started(self) -> None:
         """Wait for the job's first output, so that a failure before any audio can still become an HTTP
         error instead of a truncated stream."""
-        self._first = await self._next(http_request)
+        self._first = await self.job.next()
         if self._first[0] == "error":
             raise _failure(self._first[1])
         if self._first == ("done", "timeout"):
             raise APIError(504, "the request timed out before any audio was generated", code="timeout")
 
-    async def _next(self, http_request: HTTPRequest | None) -> tuple[str, object]:
-        """The job's next item. A client that disconnects meanwhile (checked every ``DISCONNECT_POLL_S``,
-        also while items keep coming) cancels the job."""
-        while True:
-            if http_request is not None and time.perf_counter() - self._checked >= DISCONNECT_POLL_S:
-                self._checked = time.perf_counter()
-                if await http_request.is_disconnected():
-                    self.job.cancel()
-                    raise APIError(499, "client closed the request")
-            try:
-                return await asyncio.wait_for(self.job.next(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                continue
-
-    async def _items(self, http_request: HTTPRequest | None) -> AsyncIterator[list[tuple[str, object]]]:
+    async def _items(self) -> AsyncIterator[list[tuple[str, object]]]:
         while True:
             first, self._first = self._first, None
-            batch = [first or await self._next(http_request), *self.job.drain()]
+            batch = [first or await self.job.next(), *self.job.drain()]
             ended = next((payload for kind, payload in batch if kind == "done"), None)
             if self.follow is not None and ended not in (None, "cancelled", "timeout"):
                 yield [item for item in batch if item[0] != "done"]
@@ -152,15 +131,14 @@ class JobAudio:
             elif kind == "error":
                 raise _failure(payload)
 
-    async def stream(self, http_request: HTTPRequest | None = None) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
-        """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned, or
-        when ``http_request``'s client disconnects (a streaming response's client is watched by Starlette)."""
+    async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
+        """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
         decoder = self.batcher.codec.stream_decoder()
         tempo = Tempo(self.speed, self.batcher.codec.sample_rate) if self.speed != 1.0 else None
         frames: list[torch.Tensor] = []
         sent_audio = False
         try:
-            async for batch in self._items(http_request):
+            async for batch in self._items():
                 text_before = len(self.outcome.text_ids)
                 self._take(batch, frames)
                 new_text = self.outcome.text_ids[text_before:]
@@ -173,21 +151,19 @@ class JobAudio:
                     wave = np.concatenate([wave, await run_in_threadpool(decoder.flush)])
                 if tempo is not None:
                     wave = np.concatenate([tempo.process(wave), tempo.flush() if end else wave[:0]])
-                if len(wave) and not sent_audio:
-                    sent_audio = True
-                    self.outcome.first_audio_at = time.perf_counter()
+                sent_audio = sent_audio or bool(len(wave))
                 if len(wave) or new_text:
                     yield wave, new_text
         finally:
             self.job.cancel()  # no-op when it finished; frees the slot when the client went away
 
-    async def collect(self, http_request: HTTPRequest | None = None):
-        """Wait for the job to end, then decode it whole; a client that disconnects meanwhile cancels it.
+    async def collect(self):
+        """Wait for the job to end, then decode it whole.
         Returns the engine's ``GenerationResult`` (audio already at ``speed``)."""
         try:
             frames: list[torch.Tensor] = []  # the run keeps its own copy of every frame
             while True:
-                item, self._first = self._first or await self._next(http_request), None
+                item, self._first = self._first or await self.job.next(), None
                 self._take([item], frames)
                 if item[0] == "done":
                     break
@@ -199,15 +175,14 @@ class JobAudio:
         if self.speed != 1.0:
             tempo = Tempo(self.speed, result.sample_rate)
             result.audio = np.concatenate([tempo.process(result.audio), tempo.flush()])
-        self.outcome.first_audio_at = time.perf_counter()
         return result
 
-    async def whole(self, http_request: HTTPRequest | None = None) -> np.ndarray:
+    async def whole(self) -> np.ndarray:
         """All the audio, at ``speed``: one job's decoded in one call, chunks' decoded as they come (so a
         long text never holds more than a chunk's codes)."""
         if self.follow is None:
-            return (await self.collect(http_request)).audio
-        waves = [wave async for wave, _ in self.stream(http_request)]
+            return (await self.collect()).audio
+        waves = [wave async for wave, _ in self.stream()]
         if self.outcome.reason == "timeout":
             raise APIError(504, "the request timed out", code="timeout")
         return np.concatenate(waves) if waves else np.zeros(0, dtype=np.float32)

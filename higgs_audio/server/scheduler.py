@@ -98,6 +98,9 @@ class Scheduler:
         with self._cond:
             self._cond.notify()
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stats(self) -> dict:
         return {"queued": len(self._pending), "active": len(self._live), "max_batch": self.max_batch}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -16,7 +17,7 @@ from higgs_audio.engine import Request as EngineRequest
 from higgs_audio.prompt import VoiceProfile
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
-from higgs_audio.server.pipeline import CodecBatcher, JobAudio
+from higgs_audio.server.pipeline import CodecBatcher
 from higgs_audio.server.scheduler import Job, QueueFull, Scheduler
 from higgs_audio.server.schemas import SamplingOptions
 from higgs_audio.voices import VoiceLibrary
@@ -104,7 +105,7 @@ def audio_bytes(data: str, settings: Settings, param: str) -> bytes:
         raise APIError(400, f"{param} is not base64 of an audio file", param=param) from None
 
 
-async def submit(service: Service, request: Request, build, *, continuing: bool = False) -> Job:
+async def submit(service: Service, request_id: str, build, *, continuing: bool = False) -> Job:
     """Build the engine request off the event loop (tokenising, encoding reference audio) and queue it
     (``continuing``: first, see ``Scheduler.submit``)."""
     scheduler = service.scheduler
@@ -113,16 +114,17 @@ async def submit(service: Service, request: Request, build, *, continuing: bool 
                        code="rate_limit_exceeded")
     engine_request: EngineRequest = await run_in_threadpool(build)
     try:
-        job = scheduler.submit(engine_request, request.state.request_id, continuing=continuing)
+        job = scheduler.submit(engine_request, request_id, continuing=continuing)
     except QueueFull as e:
         raise APIError(429, f"the server is busy: {e}", code="rate_limit_exceeded") from None
     return job
 
 
-def observe_first_audio(service: Service, request: Request, route: str, audio: JobAudio) -> None:
-    if not getattr(request.state, "first_audio_seen", False) and audio.outcome.first_audio_at is not None:
+def observe_first_audio(metrics: Metrics, request: Request) -> None:
+    """Record the time to this request's first audio bytes (once)."""
+    if not getattr(request.state, "first_audio_seen", False):
         request.state.first_audio_seen = True
-        service.metrics.first_audio.observe(audio.outcome.first_audio_at - request.state.started, route=route)
+        metrics.first_audio.observe(time.perf_counter() - request.state.started, route=request.url.path)
 
 
 def sse_event(payload: dict | str) -> bytes:

@@ -8,10 +8,10 @@ from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.messages import AudioContent
 from higgs_audio.prompt import VoiceProfile, VoiceRef
+from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Work, next_event
 from higgs_audio.server.encoding import MEDIA_TYPES, StreamEncoder, encode_file
 from higgs_audio.server.errors import APIError
-from higgs_audio.server.pipeline import JobAudio
-from higgs_audio.server.schemas import AudioOptions, SpeechRequest
+from higgs_audio.server.schemas import SpeechRequest
 from higgs_audio.server.service import (
     OPENAI_VOICES,
     Service,
@@ -20,7 +20,6 @@ from higgs_audio.server.service import (
     library_voice,
     observe_first_audio,
     sse_event,
-    submit,
 )
 
 
@@ -66,33 +65,40 @@ def profile_voice(service: Service, profile: str | None):
     return library_voice(service, profile.strip()) or (VoiceProfile(profile.strip()), None)
 
 
-async def audio_response(service: Service, request: Request, body: AudioOptions, build, follow=None) -> Response:
-    """Speak the request ``build`` makes (and, with ``follow``, the chunks after it: see ``JobAudio``)."""
-    job = await submit(service, request, build)
-    audio = JobAudio(job, service.codec, speed=body.speed, chunk_frames=service.settings.chunk_frames,
-                     follow=follow)
-    rate, fmt, route = service.api.sample_rate, body.response_format, request.url.path
-    if not body.stream and body.stream_format == "audio":
-        wave = await audio.whole(request)
-        observe_first_audio(service, request, route, audio)
-        data = await run_in_threadpool(encode_file, wave, rate, fmt)
-        return Response(data, media_type=MEDIA_TYPES[fmt])
-    await audio.started(request)
+async def audio_response(backend: Backend, request: Request, work: Work) -> Response:
+    """The route's response to ``work`` (a speech or generation request): the whole file, or its bytes (or
+    SSE events) as they are encoded."""
+    body, rate = work.body, backend.sample_rate
+    fmt = body.response_format
+    events = backend.generate(work)
+    if not work.stream:
+        chunk = await next_event(events, request)
+        await next_event(events, request)  # the Finish
+        observe_first_audio(backend.metrics, request)
+        data = await run_in_threadpool(encode_file, chunk.audio, rate, fmt)
+        return Response(data, media_type=MEDIA_TYPES[fmt], headers={REPLICA_HEADER: chunk.replica})
+    first = await next_event(events, request)
     as_sse = body.stream_format == "sse"
 
     async def chunks():
         encoder = StreamEncoder(fmt, rate)
-        async for wave, _ in audio.stream():
-            data = encoder.write(wave) if len(wave) else b""
-            if data:
-                observe_first_audio(service, request, route, audio)
-                yield sse_event({"type": "speech.audio.delta", "audio": b64(data)}) if as_sse else data
+        event = first
+        try:
+            while isinstance(event, Chunk):
+                data = encoder.write(event.audio) if len(event.audio) else b""
+                if data:
+                    observe_first_audio(backend.metrics, request)
+                    yield sse_event({"type": "speech.audio.delta", "audio": b64(data)}) if as_sse else data
+                event = await anext(events)
+        finally:
+            await events.aclose()
         tail = encoder.close()
         if tail:
             yield sse_event({"type": "speech.audio.delta", "audio": b64(tail)}) if as_sse else tail
         if as_sse:
-            prompt_tokens, steps = audio.usage()
             yield sse_event({"type": "speech.audio.done", "usage": {
-                "input_tokens": prompt_tokens, "output_tokens": steps, "total_tokens": prompt_tokens + steps}})
+                "input_tokens": event.prompt_tokens, "output_tokens": event.completion_tokens,
+                "total_tokens": event.prompt_tokens + event.completion_tokens}})
 
-    return StreamingResponse(chunks(), media_type="text/event-stream" if as_sse else MEDIA_TYPES[fmt])
+    return StreamingResponse(chunks(), media_type="text/event-stream" if as_sse else MEDIA_TYPES[fmt],
+                             headers={REPLICA_HEADER: first.replica})
