@@ -452,11 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_arguments(f)
     f.set_defaults(run=cmd_finetune)
 
+    from higgs_audio.cluster import add_cluster_parser  # light: Ray loads only when the cluster runs
     from higgs_audio.server import (
         add_serve_parser,  # light: the server's packages load only when it runs
     )
 
     add_serve_parser(sub, parents=[common])
+    add_cluster_parser(sub, parents=[common])
     return parser
 
 

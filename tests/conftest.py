@@ -44,3 +44,29 @@ def tiny_api(tiny_original, tiny_codec):
     from higgs_audio import HiggsAudio
 
     return HiggsAudio.from_pretrained(tiny_original, tiny_codec, device="cpu", dtype="float32", max_batch=4, max_len=512)
+
+
+# tests/cluster start Ray, which runs only inside a loopback-only network namespace: .ci/run runs that folder
+# there, after this run. Outside one it is left out, unless asked for by path (its conftest then refuses,
+# naming the command); the header of every run says which.
+CLUSTER_TESTS = Path(__file__).parent / "cluster"
+
+
+def _cluster_asked_for(config) -> bool:
+    return any(Path(arg.split("::")[0]).resolve().is_relative_to(CLUSTER_TESTS) for arg in config.args)
+
+
+def pytest_ignore_collect(collection_path, config):
+    from tests.cluster.namespace import loopback_only
+
+    if collection_path == CLUSTER_TESTS and not loopback_only() and not _cluster_asked_for(config):
+        return True
+    return None
+
+
+def pytest_report_header(config):
+    from tests.cluster.namespace import RUN, loopback_only
+
+    if not loopback_only() and not _cluster_asked_for(config):
+        return f"tests/cluster left out: outside a loopback-only network namespace (.ci/run runs them with: {RUN})"
+    return None

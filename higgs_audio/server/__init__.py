@@ -1,7 +1,8 @@
 """``higgs-audio serve``: the OpenAI-compatible HTTP server (needs the ``[server]`` extra).
 
 ``add_serve_parser(subparsers, parents)`` adds the ``serve`` subcommand to the CLI (whose common parent
-parser gives ``--voices-dir``); ``run_serve(args, library)`` runs it.
+parser gives ``--voices-dir``); ``run_serve(args, library)`` runs it. ``serve_settings`` and ``load_model``
+turn the parsed flags into what a server needs (the cluster's engine replicas use them too).
 """
 
 from __future__ import annotations
@@ -90,15 +91,25 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
     try:
         import uvicorn
 
-        from higgs_audio.server.app import Settings, create_app
+        from higgs_audio.server.app import create_app
         from higgs_audio.server.backend import LocalBackend
     except ImportError as e:
         raise SystemExit(f"the server needs its extra packages: pip install 'higgs-audio[server]' ({e})") from None
-    from higgs_audio.api import HiggsAudio
     from higgs_audio.voices import VoiceLibrary
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(
+    settings = serve_settings(args)
+    voices = library or VoiceLibrary(args.voices_dir)
+    app = create_app(LocalBackend(load_model(args), voices, settings), voices, settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def serve_settings(args: argparse.Namespace):
+    """The server's ``Settings`` from the parsed ``serve`` flags."""
+    from higgs_audio.server.service import Settings
+
+    return Settings(
         served_model_name=args.served_model_name,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         cors_origins=args.cors_origin,
@@ -109,12 +120,14 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
         timeout_s=args.timeout,
         max_new_tokens=args.max_new_tokens,
     )
-    api = HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
-                                     quantize=args.quantize, compile=args.compile, adapter=args.adapter,
-                                     max_batch=args.max_batch, max_len=args.max_len,
-                                     prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
-                                     progress=sys.stderr.isatty())
-    voices = library or VoiceLibrary(args.voices_dir)
-    app = create_app(LocalBackend(api, voices, settings), voices, settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    return 0
+
+
+def load_model(args: argparse.Namespace):
+    """The ``HiggsAudio`` that the parsed ``serve`` flags describe."""
+    from higgs_audio.api import HiggsAudio
+
+    return HiggsAudio.from_pretrained(args.model, args.codec, device=args.device, dtype=args.dtype,
+                                      quantize=args.quantize, compile=args.compile, adapter=args.adapter,
+                                      max_batch=args.max_batch, max_len=args.max_len,
+                                      prefill_chunk=args.prefill_chunk, prefix_cache_mb=args.prefix_cache_mb,
+                                      progress=sys.stderr.isatty())

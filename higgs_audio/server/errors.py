@@ -38,6 +38,9 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
+    def __reduce__(self):  # whole, so that it crosses processes (the cluster's engine replicas send it)
+        return APIError, (self.status, self.message), {"param": self.param, "code": self.code, "type": self.type}
+
 
 # A path-looking word: from "/", "~" or a drive letter up to a space, quote or bracket.
 _PATH = re.compile(r"""(?<![\w.:/])(?:~|[A-Za-z]:\\|/)[^\s'"`,;()<>\[\]]*""")
