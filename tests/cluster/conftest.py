@@ -45,7 +45,7 @@ class RayCluster:
         os.environ.update(RAY_TMPDIR=self.tmp, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         self.cluster = Cluster(initialize_head=True, head_node_args=NODE)
         self.cluster.add_node(**NODE)
-        ray.init(address=self.cluster.address)
+        ray.init(address=self.cluster.address, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         serve.run(app(flags), name=APP_NAME, route_prefix="/")

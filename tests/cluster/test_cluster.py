@@ -21,6 +21,7 @@ from openai import OpenAI
 
 from tests.server.audio_check import decode
 from tests.server.conftest import start_server, stop_server
+from tests.server.test_limits import LONG_TEXT
 
 REPLICA = "x-higgs-replica"
 SHORT = {"response_format": "pcm", "max_new_tokens": 30}
@@ -48,16 +49,15 @@ class LongStreams:
             assert streaming.wait(120), "a stream sent no audio"
 
     def _read(self, cluster, i: int, fields: dict, streaming: threading.Event) -> None:
-        body = {"input": f"Stream number {i} keeps talking.", "response_format": "pcm", "seed": i,
-                "max_new_tokens": 2000, **fields}
+        # seed 0: the random model speaks from the first step (other seeds may start with long text); a long
+        # text: the audio guard would stop a short one's audio after a few seconds
+        body = {"input": LONG_TEXT, "response_format": "pcm", "seed": 0, "max_new_tokens": 2000, **fields}
         with cluster.client() as c, c.stream("POST", "/v1/audio/speech", json=body) as r:
             assert r.status_code == 200
             self.replicas.append(r.headers[REPLICA])
-            chunks = r.iter_raw()
-            next(chunks)
+            next(r.iter_raw())
             streaming.set()
-            while not self.stop.is_set():
-                next(chunks)
+            self.stop.wait()  # generating on (text or audio) until the connection closes
 
     def close(self) -> None:
         self.stop.set()
@@ -174,8 +174,7 @@ def test_health_and_metrics_cover_every_replica(ray_cluster):
 
 
 def test_a_killed_replica_fails_its_stream_promptly_and_is_replaced(ray_cluster):
-    body = {"input": "A long answer that the replica will not finish.", "response_format": "pcm",
-            "max_new_tokens": 2000}
+    body = {"input": LONG_TEXT, "response_format": "pcm", "seed": 0, "max_new_tokens": 2000}
     with ray_cluster.client() as c, c.stream("POST", "/v1/audio/speech", json=body) as r:
         assert r.status_code == 200
         chunks = r.iter_raw()
