@@ -9,8 +9,11 @@ requests go to the live replicas while Serve starts a replacement.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 
+import ray
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -32,6 +35,7 @@ class RayBackend:
         self.streaming = engine.options(stream=True)
         self.metrics = Metrics()
         self.sample_rate = 0
+        self.where = f"{socket.gethostname()}:{os.getpid()}@{ray.get_runtime_context().get_node_id()[:8]}"
 
     async def start(self) -> None:
         self.sample_rate = await self.engine.sample_rate.remote()  # waits for the first engine replica
@@ -66,7 +70,7 @@ class RayBackend:
         """Healthy while at least one engine replica answers; the counts are summed over them."""
         stats = await self._broadcast("stats")
         summed = {key: sum(s[key] for s in stats) for key in ("queued", "active", "max_batch")}
-        return bool(stats), {**summed, "replicas": sorted(s["replica"] for s in stats)}
+        return bool(stats), {**summed, "replicas": sorted(s["replica"] for s in stats), "ingress": self.where}
 
     async def metrics_text(self) -> str:
         """The ingress's request metrics and each engine replica's metrics, labelled ``replica``."""

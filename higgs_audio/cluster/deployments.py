@@ -33,7 +33,9 @@ class EngineReplica:
         args = argparse.Namespace(**flags)
         logging.getLogger("higgs_audio").setLevel(args.log_level.upper())
         self.backend = LocalBackend(load_model(args), VoiceLibrary(args.voices_dir), serve_settings(args))
-        self.backend.replica += "@" + ray.get_runtime_context().get_node_id()[:8]  # host:pid@node
+        # host:pid@node#replica: where it runs, and Serve's id of it (what the voice router hashes)
+        node, replica = ray.get_runtime_context().get_node_id(), serve.get_replica_context().replica_id
+        self.backend.replica += f"@{node[:8]}#{replica.unique_id}"
         self.backend.service.scheduler.start()
 
     async def generate(self, work: Work, voice: str | None = None) -> AsyncIterator[Chunk | Finish | APIError]:
