@@ -5,8 +5,8 @@ external interface and probes outside addresses), so run it as root with:
 
     unshare -n sh -c 'ip link set lo up && exec python benchmarks/cluster.py --tiny'
 
-1. Overhead: ``higgs-audio serve`` and the cluster with one engine replica, same checkpoints and flags, each
-   sent the same ``--requests`` seeded SSE-streamed requests one at a time. Per request: time to the first
+1. Overhead: ``higgs-audio serve`` and the cluster with one engine replica, same checkpoints and flags, both
+   up at once and sent the same ``--requests`` seeded SSE-streamed requests one at a time, in turn. Per request: time to the first
    audio event; per chunk: (time to the last event - time to the first) / (audio events - 1). The cluster's
    extra is its HTTP proxy, the ingress replica and the streaming handle call (two process hops per chunk).
 2. Routing: two engine replicas, four library voices (reference clips, so a voice is a long prompt prefix),
@@ -61,17 +61,26 @@ def streamed(client: httpx.Client, body: dict) -> tuple[float, float, int]:
     return times[0], times[-1] - times[0], len(times)
 
 
-def overhead(url: str, args) -> dict:
-    firsts, per_chunk = [], []
-    with httpx.Client(base_url=url, timeout=600) as c:
-        streamed(c, {"input": TEXT, "response_format": "pcm", "seed": 0, "max_new_tokens": args.max_new_tokens})
-        for i in range(args.requests):
-            first, rest, events = streamed(c, {"input": TEXT, "response_format": "pcm", "seed": i,
-                                               "max_new_tokens": args.max_new_tokens})
-            firsts.append(first)
-            if events > 1:
-                per_chunk.append(rest / (events - 1))
-    return {"first_audio_p50_s": statistics.median(firsts), "per_chunk_p50_s": statistics.median(per_chunk)}
+def overhead(urls: dict[str, str], args) -> dict:
+    """Per server: medians of time to first audio and of time per further chunk, the servers' requests
+    interleaved (same seeds, same moment) so that load from elsewhere hits both alike."""
+    firsts: dict[str, list[float]] = {name: [] for name in urls}
+    per_chunk: dict[str, list[float]] = {name: [] for name in urls}
+    clients = {name: httpx.Client(base_url=url, timeout=600) for name, url in urls.items()}
+    try:
+        for i in range(-1, args.requests):  # -1: a warm-up request each
+            for name, client in clients.items():
+                first, rest, events = streamed(client, {"input": TEXT, "response_format": "pcm", "seed": max(i, 0),
+                                                        "max_new_tokens": args.max_new_tokens})
+                if i >= 0:
+                    firsts[name].append(first)
+                    if events > 1:
+                        per_chunk[name].append(rest / (events - 1))
+    finally:
+        for client in clients.values():
+            client.close()
+    return {name: {"first_audio_p50_s": statistics.median(firsts[name]),
+                   "per_chunk_p50_s": statistics.median(per_chunk[name])} for name in urls}
 
 
 def clip(frequency: float, seconds: float = 4.0) -> bytes:
@@ -132,7 +141,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--requests", type=int, default=10, help="overhead: sequential requests per server")
-    parser.add_argument("--rounds", type=int, default=4, help="routing: requests per voice")
+    parser.add_argument("--rounds", type=int, default=8, help="routing: requests per voice")
     parser.add_argument("--clients", type=int, default=2, help="routing: concurrent clients")
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--max-len", type=int, default=1024)
@@ -150,20 +159,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
         tmp = Path(tmp)
-        os.environ["RAY_TMPDIR"] = str(tmp / "ray")
+        os.environ.update(RAY_TMPDIR=str(tmp / "ray"), HIGGS_AUDIO_CACHE=str(tmp / "cache"))
         if args.tiny:
             args.model, args.codec = tiny_checkpoints(tmp)
         elif not (args.model and args.codec):
             parser.error("give --model and --codec, or --tiny")
         args.max_batch = 8
         results: dict = {}
-        process, url = start(args, args.max_batch, tmp / "plain.log")
-        try:
-            results["plain"] = overhead(url, args)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
+        process, plain_url = start(args, args.max_batch, tmp / "plain.log")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
         try:
             port = free_port()
@@ -174,7 +177,8 @@ def main() -> None:
                      "max_len": args.max_len, "max_batch": args.max_batch, "max_new_tokens": args.max_new_tokens,
                      "max_queue": 1000, "voices_dir": [str(voices_dir)], "log_level": "warning"}
             serve.run(app({**flags, "replicas": 1}), name=APP_NAME, route_prefix="/")
-            results["cluster"] = overhead(url, args)
+            results.update(overhead({"plain": plain_url, "cluster": url}, args))
+            process.terminate()
             serve.delete(APP_NAME)
 
             voices = [f"voice{i}" for i in range(4)]
@@ -182,16 +186,19 @@ def main() -> None:
                 voices_dir.mkdir(exist_ok=True)
                 (voices_dir / f"{name}.wav").write_bytes(clip(180 + 70 * i))
                 (voices_dir / f"{name}.txt").write_text(f"Reference clip number {i} of a steady tone.\n")
-            for router in ("voice", "default"):
-                serve.run(app({**flags, "replicas": 2, "router": router}), name=APP_NAME, route_prefix="/")
-                for name in voices:  # encodes each clip once (the cache is shared), like a warm library
-                    httpx.post(url + "/v1/audio/speech", timeout=600, json={
-                        "input": "Warm.", "voice": name, "max_new_tokens": 2, "response_format": "pcm"})
-                serve.delete(APP_NAME)  # fresh replicas: empty prefix caches for both routers
+            serve.run(app({**flags, "replicas": 1}), name=APP_NAME, route_prefix="/")
+            for name in voices:  # encodes each clip once (the codes cache is shared), like a warm library
+                httpx.post(url + "/v1/audio/speech", timeout=600, json={
+                    "input": "Warm.", "voice": name, "max_new_tokens": 2, "response_format": "pcm"})
+            serve.delete(APP_NAME)
+            for router in ("voice", "default"):  # fresh replicas each: empty prefix caches
                 serve.run(app({**flags, "replicas": 2, "router": router}), name=APP_NAME, route_prefix="/")
                 results[f"router_{router}"] = routing(url, voices, args)
                 serve.delete(APP_NAME)
         finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=30)
             serve.shutdown()
             ray.shutdown()
 
