@@ -17,7 +17,8 @@ import logging
 import signal
 import threading
 
-from higgs_audio.server import _number, add_serve_arguments
+from higgs_audio.options import at_least
+from higgs_audio.server import add_serve_arguments
 
 
 def add_cluster_parser(subparsers, parents=()) -> argparse.ArgumentParser:
@@ -39,30 +40,30 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto' (the one started on this machine with 'ray start') or "
                         "HOST:PORT; default: start a Ray instance here for this run")
-    g.add_argument("--replicas", type=_number(int), default=1, help="engine replicas (the start count when "
+    g.add_argument("--replicas", type=at_least(1), default=1, help="engine replicas (the start count when "
                    "autoscaling)")
-    g.add_argument("--min-replicas", type=_number(int), default=1, help="autoscaling: fewest engine replicas")
-    g.add_argument("--max-replicas", type=_number(int), default=None,
+    g.add_argument("--min-replicas", type=at_least(1), default=1, help="autoscaling: fewest engine replicas")
+    g.add_argument("--max-replicas", type=at_least(1), default=None,
                    help="autoscaling: most engine replicas (turns autoscaling on)")
-    g.add_argument("--target-ongoing", type=_number(float), default=None, metavar="N",
+    g.add_argument("--target-ongoing", type=at_least(0, float, above=True), default=None, metavar="N",
                    help="autoscaling: requests per replica to aim for (default: --max-batch)")
-    g.add_argument("--upscale-delay", type=_number(float, zero_ok=True), default=30.0, metavar="S",
+    g.add_argument("--upscale-delay", type=at_least(0, float), default=30.0, metavar="S",
                    help="autoscaling: seconds of overload before adding replicas")
-    g.add_argument("--downscale-delay", type=_number(float, zero_ok=True), default=600.0, metavar="S",
+    g.add_argument("--downscale-delay", type=at_least(0, float), default=600.0, metavar="S",
                    help="autoscaling: seconds of underload before removing replicas")
-    g.add_argument("--autoscale-window", type=_number(float), default=30.0, metavar="S",
+    g.add_argument("--autoscale-window", type=at_least(0, float, above=True), default=30.0, metavar="S",
                    help="autoscaling: seconds of load history averaged")
-    g.add_argument("--replica-cpus", type=_number(float, zero_ok=True), default=1.0,
+    g.add_argument("--replica-cpus", type=at_least(0, float), default=1.0,
                    help="CPUs reserved per engine replica")
-    g.add_argument("--replica-gpus", type=_number(float, zero_ok=True), default=None,
+    g.add_argument("--replica-gpus", type=at_least(0, float), default=None,
                    help="GPUs per engine replica (default: 1 with --device cuda*, else 0)")
-    g.add_argument("--max-replicas-per-node", type=_number(int), default=None, metavar="N",
+    g.add_argument("--max-replicas-per-node", type=at_least(1), default=None, metavar="N",
                    help="spread engine replicas: at most N on one node")
-    g.add_argument("--ingress-replicas", type=_number(int), default=1, help="replicas of the HTTP routes")
+    g.add_argument("--ingress-replicas", type=at_least(1), default=1, help="replicas of the HTTP routes")
     g.add_argument("--router", choices=("voice", "default"), default="voice",
                    help="voice: a voice's requests go to the replica that served it before (its prompt is in "
                         "that replica's prefix cache); default: Ray's power-of-two choice")
-    g.add_argument("--affinity-slack", type=_number(int, zero_ok=True), default=2, metavar="N",
+    g.add_argument("--affinity-slack", type=at_least(0), default=2, metavar="N",
                    help="voice router: leave a voice's replica when it runs more than N requests more than the "
                         "least-busy one")
 
