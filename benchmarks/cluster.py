@@ -129,7 +129,8 @@ def routing(url: str, voices: list[str], args) -> dict:
     after = prefix_positions(url)
     copied, prefilled = after[0] - before[0], after[1] - before[1]
     firsts.sort()
-    return {"prefix_hit_rate": copied / max(copied + prefilled, 1), "first_audio_p50_s": statistics.median(firsts),
+    return {"prefix_hit_rate": copied / max(copied + prefilled, 1), "copied": copied, "prefilled": prefilled,
+            "first_audio_p50_s": statistics.median(firsts),
             "first_audio_p95_s": firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))]}
 
 
