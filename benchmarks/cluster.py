@@ -10,7 +10,7 @@ external interface and probes outside addresses), so run it as root with:
    audio event; per chunk: (time to the last event - time to the first) / (audio events - 1). The cluster's
    extra is its HTTP proxy, the ingress replica and the streaming handle call (two process hops per chunk).
 2. Routing: two engine replicas, four library voices (reference clips, so a voice is a long prompt prefix),
-   ``--rounds`` rounds of one request per voice from ``--clients`` concurrent clients, first with the
+   ``--rounds`` requests per voice in a shuffled order from ``--clients`` concurrent clients, first with the
    voice-affinity router, then with Ray's default power-of-two choice, on the same Ray instance. Reported:
    the share of prompt positions copied from the replicas' prefix caches, and time to first audio.
 
@@ -24,6 +24,7 @@ import base64
 import io
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -106,22 +107,27 @@ def prefix_positions(url: str) -> tuple[float, float]:
 
 
 def routing(url: str, voices: list[str], args) -> dict:
+    """``--rounds`` requests per voice in a fixed shuffled order, taken by ``--clients`` concurrent clients
+    from one queue (so no client keeps to a voice, nor to a replica)."""
     before = prefix_positions(url)
+    work = [(r, voice) for r in range(args.rounds) for voice in voices]
+    random.Random(0).shuffle(work)
     firsts: list[float] = []
     lock = threading.Lock()
 
-    def client(index: int) -> None:
+    def client() -> None:
         with httpx.Client(base_url=url, timeout=600) as c:
-            for r in range(args.rounds):
-                for v, voice in enumerate(voices):
-                    if (r * len(voices) + v) % args.clients != index:
-                        continue
-                    first, _, _ = streamed(c, {"input": f"Round {r}: {TEXT}", "voice": voice, "seed": r,
-                                               "response_format": "pcm", "max_new_tokens": args.max_new_tokens})
-                    with lock:
-                        firsts.append(first)
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    r, voice = work.pop()
+                first, _, _ = streamed(c, {"input": f"Round {r}: {TEXT}", "voice": voice, "seed": r,
+                                           "response_format": "pcm", "max_new_tokens": args.max_new_tokens})
+                with lock:
+                    firsts.append(first)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    threads = [threading.Thread(target=client) for _ in range(args.clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -143,7 +149,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--requests", type=int, default=10, help="overhead: sequential requests per server")
     parser.add_argument("--rounds", type=int, default=8, help="routing: requests per voice")
-    parser.add_argument("--clients", type=int, default=2, help="routing: concurrent clients")
+    parser.add_argument("--clients", type=int, default=4, help="routing: concurrent clients")
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--json", type=Path, help="also write the results here")
