@@ -20,7 +20,6 @@ On a 2-core machine every replica, the proxy and the clients share the cores: th
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os

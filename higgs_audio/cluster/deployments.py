@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import ray
 from ray import serve
@@ -41,11 +42,12 @@ class EngineReplica:
     async def generate(self, work: Work, voice: str | None = None) -> AsyncIterator[Chunk | Finish | APIError]:
         """The request's events; an ``APIError`` is sent as the last event (the ingress raises it).
         ``voice`` is for the router only."""
-        try:
-            async for event in self.backend.generate(work):
-                yield event
-        except APIError as e:
-            yield e
+        async with aclosing(self.backend.generate(work)) as events:
+            try:
+                async for event in events:
+                    yield event
+            except APIError as e:
+                yield e
 
     def sample_rate(self) -> int:
         return self.backend.sample_rate
