@@ -34,11 +34,12 @@ class RayBackend:
         self.engine = engine
         self.streaming = engine.options(stream=True)
         self.metrics = Metrics()
-        self.sample_rate = 0
+        self.sample_rate, self.max_reference_seconds = 0, 0.0
         self.where = f"{socket.gethostname()}:{os.getpid()}@{ray.get_runtime_context().get_node_id()[:8]}"
 
     async def start(self) -> None:
-        self.sample_rate = await self.engine.sample_rate.remote()  # waits for the first engine replica
+        limits = await self.engine.limits.remote()  # waits for the first engine replica
+        self.sample_rate, self.max_reference_seconds = limits["sample_rate"], limits["max_reference_seconds"]
 
     async def stop(self) -> None:
         pass

@@ -49,8 +49,9 @@ class EngineReplica:
             except APIError as e:
                 yield e
 
-    def sample_rate(self) -> int:
-        return self.backend.sample_rate
+    def limits(self) -> dict:
+        """What the ingress needs to know of the engines without loading a model."""
+        return {"sample_rate": self.backend.sample_rate, "max_reference_seconds": self.backend.max_reference_seconds}
 
     def stats(self) -> dict:
         return {**self.backend.service.scheduler.stats(), "replica": self.backend.replica}
