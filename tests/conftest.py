@@ -48,7 +48,7 @@ def tiny_api(tiny_original, tiny_codec):
 
 # tests/cluster start Ray, which runs only inside a loopback-only network namespace: .ci/run runs that folder
 # there, after this run. Outside one it is left out, unless asked for by path (its conftest then refuses,
-# naming the command); the header of every run says which.
+# naming the command); the end of every run says so.
 CLUSTER_TESTS = Path(__file__).parent / "cluster"
 
 
@@ -64,9 +64,9 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-def pytest_report_header(config):
+def pytest_terminal_summary(terminalreporter, config):
     from tests.cluster.namespace import RUN, loopback_only
 
     if not loopback_only() and not _cluster_asked_for(config):
-        return f"tests/cluster left out: outside a loopback-only network namespace (.ci/run runs them with: {RUN})"
-    return None
+        terminalreporter.write_line(f"tests/cluster left out: they need a loopback-only network namespace; .ci/run "
+                                    f"runs them with: {RUN}")
