@@ -6,9 +6,10 @@ external interface and probes outside addresses), so run it as root with:
     unshare -n sh -c 'ip link set lo up && exec python benchmarks/cluster.py --tiny'
 
 1. Overhead: ``higgs-audio serve`` and the cluster with one engine replica, same checkpoints and flags, both
-   up at once and sent the same ``--requests`` seeded SSE-streamed requests one at a time, in turn. Per request: time to the first
-   audio event; per chunk: (time to the last event - time to the first) / (audio events - 1). The cluster's
-   extra is its HTTP proxy, the ingress replica and the streaming handle call (two process hops per chunk).
+   up at once and sent the same ``--requests`` seeded SSE-streamed requests one at a time, in turn. Per
+   request: time to the first audio event; per chunk: (time to the last event - time to the first) / (audio
+   events - 1). The cluster's extra is its HTTP proxy, the ingress replica and the streaming handle call (two
+   process hops per chunk).
 2. Routing: two engine replicas, four library voices (reference clips, so a voice is a long prompt prefix),
    ``--rounds`` requests per voice in a shuffled order from ``--clients`` concurrent clients, first with the
    voice-affinity router, then with Ray's default power-of-two choice, on the same Ray instance. Reported:
