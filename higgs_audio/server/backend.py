@@ -188,7 +188,7 @@ class LocalBackend:
 
 async def next_event(events: AsyncIterator, request: Request):
     """The stream's next event, cancelling it if the client disconnects meanwhile (polled every
-    ``DISCONNECT_POLL_S``: a handler is not told on its own)."""
+    ``DISCONNECT_POLL_S``: neither a handler nor a streaming response is told on its own)."""
     task = asyncio.ensure_future(anext(events))
     try:
         while True:

@@ -137,7 +137,7 @@ async def chat_completion(backend: Backend, request: Request, body: ChatRequest)
                         delta["audio"]["transcript"] = event.text
                 if delta:
                     yield chunk(delta)
-                event = await anext(events)
+                event = await next_event(events, request)
         finally:
             await events.aclose()
         if want_audio:  # as OpenAI's last audio update: only its expiry

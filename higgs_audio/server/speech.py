@@ -89,7 +89,7 @@ async def audio_response(backend: Backend, request: Request, work: Work) -> Resp
                 if data:
                     observe_first_audio(backend.metrics, request)
                     yield sse_event({"type": "speech.audio.delta", "audio": b64(data)}) if as_sse else data
-                event = await anext(events)
+                event = await next_event(events, request)
         finally:
             await events.aclose()
         tail = encoder.close()
