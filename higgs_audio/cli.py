@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from higgs_audio.audio import FORMATS
-from higgs_audio.cache import VOICES_ENV, prefix_dir
+from higgs_audio.cache import prefix_dir
 from higgs_audio.errors import (
     AudioInputError,
     HiggsAudioError,
@@ -26,9 +26,11 @@ from higgs_audio.errors import (
     did_you_mean,
 )
 from higgs_audio.options import (
+    Parser,
     add_checkpoint_argument,
     add_model_arguments,
     at_least,
+    common_parser,
     text_or_file,
 )
 from higgs_audio.scenes import SCENES, scene_text
@@ -38,12 +40,6 @@ from higgs_audio.voices import (
     VoiceLibrary,
     sidecar_transcript,
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of argparse's usage block
-        raise UsageError(f"{message} (see '{self.prog} --help')")
-
 
 # -- speak ---------------------------------------------------------------------------------------
 
@@ -346,14 +342,10 @@ def _count_or_all(value: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--voices-dir", action="append", metavar="DIR",
-                        help=f"voice library folder (repeat to search several; the first one is written to). "
-                             f"Default: ${VOICES_ENV} or the per-user data folder")
-    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = common_parser()
 
-    parser = _Parser(prog="higgs-audio", description="Expressive speech with Higgs Audio V2.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="higgs-audio", description="Expressive speech with Higgs Audio V2.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("speak", parents=[common], help="turn text into speech",
                        description="Turn text into speech: smart voice, cloned voices, profiles, scenes, "
@@ -412,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_speak)
 
     v = sub.add_parser("voices", help="list, add, remove or show library voices")
-    actions = v.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions = v.add_subparsers(dest="action", required=True, parser_class=Parser)
     actions.add_parser("list", parents=[common], help="list voices and profiles")
     p = actions.add_parser("show", parents=[common], help="show one voice")
     p.add_argument("name", help="voice name, or profile:NAME")

@@ -5,8 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from higgs_audio.cache import VOICES_ENV
 from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
 from higgs_audio.errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one-line ``UsageError``s (exit code 2) instead of a usage block."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def common_parser() -> Parser:
+    """The options every subcommand takes (a parent parser)."""
+    common = Parser(add_help=False)
+    common.add_argument("--voices-dir", action="append", metavar="DIR",
+                        help=f"voice library folder (repeat to search several; the first one is written to). "
+                             f"Default: ${VOICES_ENV} or the per-user data folder")
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return common
 
 
 def at_least(low: float, kind: type = int, *, above: bool = False):

@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 
-from higgs_audio.options import at_least
+from higgs_audio.options import Parser, at_least, common_parser
 from higgs_audio.server import add_serve_arguments
 
 
@@ -71,9 +71,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 def parse_flags(args: dict) -> argparse.Namespace:
     """``cluster run`` flags from a dict (Serve's application ``args``): ``{"max_batch": 4}`` is
     ``--max-batch 4``; true booleans are bare flags, lists repeat the flag."""
-    from higgs_audio.cli import build_parser
-
-    argv = ["cluster", "run"]
+    parser = Parser(prog="higgs-audio cluster run", parents=[common_parser()])
+    add_cluster_arguments(parser)
+    argv = []
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -81,7 +81,7 @@ def parse_flags(args: dict) -> argparse.Namespace:
         elif value not in (False, None):
             for item in value if isinstance(value, (list, tuple)) else [value]:
                 argv += [flag, str(item)]
-    return build_parser().parse_args(argv)
+    return parser.parse_args(argv)
 
 
 def app(args: dict | None = None):

@@ -3,7 +3,7 @@
 - ``Ingress``: the same FastAPI routes as ``higgs-audio serve`` (server/app.py), over ``RayBackend``; it
   parses and validates requests, computes each one's voice key and serves the voice library's routes from
   the library folder (which every node must share).
-- ``EngineReplica``: one engine, scheduler and codec batcher (server/backend.py's ``LocalBackend``) per
+- ``EngineReplica``: one engine, scheduler and codec batcher (server/local.py's ``LocalBackend``) per
   replica, streaming each request's events back to the ingress.
 """
 
@@ -22,8 +22,9 @@ from higgs_audio.cluster.backend import RayBackend
 from higgs_audio.cluster.router import VoiceAffinityRouter
 from higgs_audio.server import load_model, serve_settings
 from higgs_audio.server.app import create_app
-from higgs_audio.server.backend import Chunk, Finish, LocalBackend, Work
+from higgs_audio.server.backend import Chunk, Finish, Work
 from higgs_audio.server.errors import APIError
+from higgs_audio.server.local import LocalBackend
 from higgs_audio.voices import VoiceLibrary
 
 APP_NAME = "higgs-audio"

@@ -92,7 +92,7 @@ def run_serve(args: argparse.Namespace, library=None) -> int:
         import uvicorn
 
         from higgs_audio.server.app import create_app
-        from higgs_audio.server.backend import LocalBackend
+        from higgs_audio.server.local import LocalBackend
     except ImportError as e:
         raise SystemExit(f"the server needs its extra packages: pip install 'higgs-audio[server]' ({e})") from None
     from higgs_audio.voices import VoiceLibrary

@@ -1,9 +1,10 @@
 """Long inputs of ``/v1/audio/speech``: spoken chunk after chunk, as ``higgs-audio speak --chunk paragraph``.
 
 The text is split by ``longform``'s paragraph chunker; each chunk is its own scheduler job, queued when
-the one before ends (ahead of other waiting requests: its listener is waiting), whose prompt carries the voice and the last ``CONTEXT_CHUNKS`` chunks' text and
-codes (``longform.chunk_request``), so the voice stays the same from chunk to chunk. Only those chunks'
-codes are kept: a chapter costs no more memory than three chunks. The response decodes every chunk's
+the one before ends (ahead of other waiting requests: its listener is waiting), whose prompt carries the
+voice and the last ``CONTEXT_CHUNKS`` chunks' text and codes (``longform.chunk_request``), so the voice
+stays the same from chunk to chunk. Only those chunks' codes are kept: a chapter costs no more memory than
+three chunks. The response decodes every chunk's
 frames as one stream (``JobAudio`` with ``follow``).
 """
 

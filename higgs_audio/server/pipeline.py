@@ -23,6 +23,7 @@ from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job
 
+
 @dataclass
 class Outcome:
     reason: str = "length"
