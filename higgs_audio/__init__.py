@@ -4,7 +4,7 @@ from higgs_audio.api import GenerationResult, HiggsAudio
 from higgs_audio.engine import SamplingParams
 from higgs_audio.errors import AudioInputError, AudioTooLongError, CheckpointError, HiggsAudioError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, TextContent
-from higgs_audio.prompt import VoiceProfile, VoiceRef
+from higgs_audio.voices import VoiceProfile, VoiceRef
 
 __all__ = [
     "AudioContent",

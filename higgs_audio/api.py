@@ -19,11 +19,10 @@ from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
 from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request, SamplingParams
 from higgs_audio.errors import AudioInputError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages
-from higgs_audio.prompt import VoiceProfile, VoiceRef, build_messages, build_prompt
+from higgs_audio.prompt import build_messages, build_prompt
 from higgs_audio.text import normalize_transcript, speaker_tags
 from higgs_audio.text_tokenizer import TextTokenizer
-
-PROFILE_PREFIX = "profile:"
+from higgs_audio.voices import Clip, VoiceProfile, VoiceRef, resolve_voice
 
 
 def default_max_audio_seconds(text: str) -> float:
@@ -134,25 +133,17 @@ class HiggsAudio:
 
     def voice(self, spec, transcript: str | None = None) -> VoiceRef | VoiceProfile:
         """A voice from a VoiceRef/VoiceProfile, ``"profile:description"``, an audio path (transcript from
-        ``transcript`` or a sidecar ``.txt``), ``(array, sample_rate)``, or a voice-library name."""
-        if isinstance(spec, (VoiceRef, VoiceProfile)):
-            return spec
-        if isinstance(spec, tuple) and len(spec) == 2:
-            return VoiceRef(self.encode_audio(AudioContent(array=np.asarray(spec[0], dtype=np.float32),
-                                                           sample_rate=int(spec[1]))), transcript)
-        if isinstance(spec, str) and spec.startswith(PROFILE_PREFIX):
-            name = spec[len(PROFILE_PREFIX) :].strip().strip('"')
-            if self.voice_library is not None:
-                return self.voice_library.profile(name)
-            return VoiceProfile(name)
-        path = Path(spec)
-        if path.suffix and path.is_file():
-            from higgs_audio.voices import sidecar_transcript
-
-            return VoiceRef(self.encode_audio(path), transcript if transcript is not None else sidecar_transcript(path))
-        if self.voice_library is not None:
-            return self.voice_library.get(str(spec), self.codec, self.max_reference_seconds)
-        raise AudioInputError(f"voice {spec!r} is not an audio file, a 'profile:' description or a known voice")
+        ``transcript`` or a sidecar ``.txt``), ``(array, sample_rate)``, or a voice-library name (see
+        ``voices.resolve_voice``)."""
+        found = resolve_voice(spec, self.voice_library, transcript)
+        if not isinstance(found, Clip):
+            return found
+        audio = found.audio
+        if isinstance(audio, tuple):
+            audio = AudioContent(array=np.asarray(audio[0], dtype=np.float32), sample_rate=int(audio[1]))
+        elif self.voice_library is not None:  # through its cache: a file is encoded once per codec
+            return self.voice_library.load(found, self.codec, self.max_reference_seconds)
+        return VoiceRef(self.encode_audio(audio), found.transcript)
 
     def encode_audio(self, source, max_seconds: float | None = None) -> torch.Tensor:
         """Audio (path, bytes, base64 string of a file, AudioContent) -> codes (K, T).

@@ -20,7 +20,6 @@ from pathlib import Path
 from higgs_audio.audio import FORMATS
 from higgs_audio.cache import prefix_dir
 from higgs_audio.errors import (
-    AudioInputError,
     HiggsAudioError,
     UsageError,
     did_you_mean,
@@ -36,8 +35,12 @@ from higgs_audio.options import (
 from higgs_audio.scenes import SCENES, scene_text
 from higgs_audio.text import CHUNK_METHODS
 from higgs_audio.voices import (
+    PROFILE_PREFIX,
+    Clip,
     Voice,
     VoiceLibrary,
+    VoiceProfile,
+    resolve_voice,
     sidecar_transcript,
 )
 
@@ -98,7 +101,7 @@ def _voice_specs(values: list[str]) -> dict[str, str] | list[str | None]:
             if not spec.strip():
                 raise UsageError(f"--voice {tag}= needs a voice after the '='")
             keyed[tag] = spec.strip()
-        elif value.startswith("profile:"):
+        elif value.startswith(PROFILE_PREFIX):
             listed.append(value)
         else:
             listed += [v.strip() or None for v in value.split(",")]
@@ -117,64 +120,38 @@ def _each(voices: dict | list, fn) -> dict | list:
     return [None if v is None else fn(v) for v in voices]
 
 
-def _is_path(spec: str) -> bool:
-    from higgs_audio.voices import AUDIO_SUFFIXES
-
-    path = Path(spec).expanduser()
-    return os.sep in spec or "/" in spec or path.suffix.lower() in AUDIO_SUFFIXES or path.exists()
-
-
-class _Clip:
-    """A voice to clone, checked but not yet encoded (encoding needs the codec)."""
-
-    def __init__(self, label: str, audio: Path, transcript: str | None):
-        self.label, self.audio, self.transcript = label, audio, transcript
-
-
-def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None):
-    """A ``VoiceProfile`` or a ``_Clip`` for one ``--voice`` value: a profile, an audio path or a library name."""
+def _plan_voice(spec: str, library: VoiceLibrary, ref_text: str | None) -> VoiceProfile | Clip:
+    """A ``VoiceProfile`` or a ``Clip`` for one ``--voice`` value (see ``resolve_voice``), its audio checked."""
     from higgs_audio.audio import check_readable
 
-    if spec.startswith("profile:"):
+    voice = resolve_voice(spec, library, ref_text)
+    if isinstance(voice, VoiceProfile):
         if ref_text is not None:
             raise UsageError("--ref-text is the transcript of a reference clip; a profile has none")
-        return library.profile(spec[len("profile:"):])
-    if _is_path(spec):
-        audio = Path(spec).expanduser()
-        if not audio.is_file():
-            raise AudioInputError(f"voice audio file {audio} does not exist")
-        clip = _Clip(str(audio), audio, ref_text or sidecar_transcript(audio))
-    else:
-        voice: Voice = library.find(spec)
-        if voice.is_profile:
-            raise UsageError(f"{spec!r} is a profile; use it as 'profile:{spec}'")
-        clip = _Clip(f"library voice {spec!r}", voice.audio, ref_text or voice.transcript)
-    check_readable(clip.audio)  # refuse unreadable audio before the model loads; its length once it has
-    return clip
+        return voice
+    check_readable(voice.audio)  # refuse unreadable audio before the model loads; its length once it has
+    return voice
 
 
 def _plan_voices(args, library: VoiceLibrary) -> dict | list:
-    """The ``--voice`` values (see ``_voice_specs``) as ``VoiceProfile`` or ``_Clip``, every clip checked to
+    """The ``--voice`` values (see ``_voice_specs``) as ``VoiceProfile`` or ``Clip``, every clip checked to
     be usable."""
     plan = _each(_voice_specs(args.voice), lambda spec: _plan_voice(spec, library, args.ref_text))
     voices = [v for v in (plan.values() if isinstance(plan, dict) else plan) if v is not None]
     if args.ref_text is not None and len(voices) != 1:
         raise UsageError("--ref-text needs exactly one --voice; with several, put each transcript in a .txt "
                          "file next to its clip")
-    in_system = args.refs_in_system or any(not isinstance(v, _Clip) for v in voices)
+    in_system = args.refs_in_system or any(not isinstance(v, Clip) for v in voices)
     for v in voices:
-        if isinstance(v, _Clip) and v.transcript is None and not in_system:
+        if isinstance(v, Clip) and v.transcript is None and not in_system:
             raise UsageError(f"{v.label} has no transcript: pass --ref-text \"...\", put it in "
                              f"{v.audio.with_suffix('.txt').name} next to the clip, or use --refs-in-system")
     return plan
 
 
 def _encode_voices(plan: dict | list, library: VoiceLibrary, api) -> dict | list:
-    from higgs_audio.prompt import VoiceRef
-
     limit = api.max_reference_seconds
-    return _each(plan, lambda v: VoiceRef(library.encode(v.audio, api.codec, limit), v.transcript)
-                 if isinstance(v, _Clip) else v)
+    return _each(plan, lambda v: library.load(v, api.codec, limit) if isinstance(v, Clip) else v)
 
 
 def _sampling(args) -> dict:
@@ -258,7 +235,7 @@ def cmd_voices(args, library: VoiceLibrary) -> int:
         clips, profiles = library.entries()
         print(f"# voice library: {os.pathsep.join(map(str, library.folders))}")
         rows = [(n, v.kind, _short(v.transcript) or "(no transcript)") for n, v in sorted(clips.items())]
-        rows += [(f"profile:{n}", v.kind, _short(v.description)) for n, v in sorted(profiles.items())]
+        rows += [(PROFILE_PREFIX + n, v.kind, _short(v.description)) for n, v in sorted(profiles.items())]
         width = max(len(r[0]) for r in rows)
         for name, kind, detail in rows:
             print(f"{name:<{width}}  {kind:<7}  {detail}")
@@ -271,7 +248,7 @@ def cmd_voices(args, library: VoiceLibrary) -> int:
             if args.text is not None:
                 raise UsageError("--text is the transcript of a clip; a profile takes only --profile")
             voice = library.add_profile(args.name, args.profile, force=args.force)
-            print(f"added profile:{voice.name} to {voice.source}")
+            print(f"added {PROFILE_PREFIX}{voice.name} to {voice.source}")
         else:
             text = args.text if args.text is not None else sidecar_transcript(Path(args.audio).expanduser())
             if not text or not text.strip():
@@ -280,7 +257,7 @@ def cmd_voices(args, library: VoiceLibrary) -> int:
             print(f"added {voice.name} ({voice.audio})")
     else:
         voice = library.remove(args.name)
-        print(f"removed {'profile:' if voice.is_profile else ''}{voice.name}")
+        print(f"removed {PROFILE_PREFIX if voice.is_profile else ''}{voice.name}")
     return 0
 
 

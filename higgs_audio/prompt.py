@@ -16,6 +16,7 @@ import torch
 
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, MessageError, TextContent, coerce_messages
 from higgs_audio.text import speaker_tags as find_speaker_tags
+from higgs_audio.voices import VoiceProfile, VoiceRef
 
 DEFAULT_SYSTEM = "Generate audio following instruction."
 MULTISPEAKER_SYSTEM = (
@@ -147,21 +148,6 @@ def build_prompt(
 
 # ----------------------------------------------------------------------------------------------------
 # Message layouts
-
-
-@dataclass(frozen=True)
-class VoiceRef:
-    """A reference clip to clone: its codes (K, T) and what is said in it (needed by the turn layout)."""
-
-    codes: torch.Tensor
-    transcript: str | None = None
-
-
-@dataclass(frozen=True)
-class VoiceProfile:
-    """A voice described in words (the reference's ``profile:``), e.g. "female, British accent"."""
-
-    description: str
 
 
 Voice = Union[VoiceRef, VoiceProfile]

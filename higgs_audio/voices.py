@@ -1,4 +1,6 @@
-"""The voice library: named reference clips and text profiles kept in plain folders, with cached codes.
+"""Voices: what a prompt clones or describes (``VoiceRef``, ``VoiceProfile``), the one reading of a voice spec
+(``resolve_voice``: library names, ``profile:``, clip paths, arrays) for the CLI, the API and the server, and the
+voice library: named reference clips and text profiles kept in plain folders, with cached codes.
 
 A library folder may hold, in any mix (so the reference's folders can be used as they are):
 - ``NAME.wav`` (or .flac/.mp3/.ogg/.opus) + ``NAME.txt``: a clip and its transcript (the reference's
@@ -22,6 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,9 +32,13 @@ from higgs_audio.cache import codes_dir, file_digest, fingerprint, voice_folders
 from higgs_audio.errors import AudioInputError, HiggsAudioError, did_you_mean
 from higgs_audio.files import atomic_write
 
+if TYPE_CHECKING:
+    import torch
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 PROFILES_FILE = "profile.yaml"
 PRESETS_FILE = "config.json"
+PROFILE_PREFIX = "profile:"
 
 # The reference's examples/voice_prompts/profile.yaml (texts as quoted by public copies of that file).
 BUILTIN_PROFILES = {
@@ -56,6 +63,31 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 class VoiceError(HiggsAudioError, ValueError):
     """A voice name is unknown, invalid or taken, or a library file is malformed."""
+
+
+@dataclass(frozen=True)
+class VoiceRef:
+    """A reference clip to clone: its codes (K, T) and what is said in it (needed by the turn layout)."""
+
+    codes: torch.Tensor
+    transcript: str | None = None
+
+
+@dataclass(frozen=True)
+class VoiceProfile:
+    """A voice described in words (the reference's ``profile:``), e.g. "female, British accent"."""
+
+    description: str
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A voice to clone, found but not yet encoded (encoding needs the codec)."""
+
+    audio: Path | tuple[np.ndarray, int]  # an audio file, or a waveform and its sample rate
+    transcript: str | None
+    label: str  # how messages name it
+    system_prompt: str | None = None  # a vLLM preset's
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,71 @@ def _scan(folder: Path) -> list[Voice]:
     return found
 
 
+def _is_path(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return os.sep in spec or "/" in spec or path.suffix.lower() in AUDIO_SUFFIXES or path.exists()
+
+
+def _unknown(name: str, clips: dict, profiles: dict) -> VoiceError:
+    close = did_you_mean(name, list(clips) + [PROFILE_PREFIX + p for p in profiles])
+    return VoiceError(f"unknown voice {name!r}{close} (see 'higgs-audio voices list', or give a path to an audio file)")
+
+
+def _unknown_profile(name: str, profiles: dict) -> VoiceError:
+    return VoiceError(f"unknown voice profile {name!r}{did_you_mean(name, profiles)} (see 'higgs-audio voices list')")
+
+
+def resolve_voice(spec, library: VoiceLibrary | None = None, transcript: str | None = None, *, files: bool = True,
+                  strict: bool = True) -> VoiceRef | VoiceProfile | Clip | None:
+    """The one reading of a voice spec (the CLI's ``--voice``, the API's ``voice=``, the server's voice fields):
+
+    - a ``VoiceRef`` or ``VoiceProfile``: itself;
+    - ``profile:NAME``: that profile of ``library``; ``profile:words`` (any words, without a library): a
+      profile described by the words;
+    - ``(waveform, sample_rate)``, or a path to an audio file when ``files`` (the server reads no local files):
+      a ``Clip``, its transcript ``transcript`` or else the ``NAME.txt`` beside the file;
+    - a name in ``library``: a ``Clip`` of that voice, its transcript ``transcript`` or else the library's.
+
+    ``strict`` refuses what it does not know. Otherwise (the server, whose clients send names as they please)
+    a profile may be named without ``profile:``, an unknown ``profile:NAME`` is a description, and an unknown
+    name gives None.
+    """
+    if isinstance(spec, (VoiceRef, VoiceProfile)):
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return Clip(spec, transcript, "the reference waveform")
+    spec = str(spec)
+    if spec.startswith(PROFILE_PREFIX):
+        return _profile(spec[len(PROFILE_PREFIX):], library, strict)
+    if files and _is_path(spec):
+        audio = Path(spec).expanduser()
+        if not audio.is_file():
+            raise AudioInputError(f"voice audio file {audio} does not exist")
+        return Clip(audio, transcript or sidecar_transcript(audio), str(audio))
+    if library is None:
+        raise AudioInputError(f"voice {spec!r} is not an audio file, a 'profile:' description or a known voice")
+    clips, profiles = library.entries()
+    if spec in clips:
+        voice = clips[spec]
+        return Clip(voice.audio, transcript or voice.transcript, f"library voice {spec!r}", voice.system_prompt)
+    if not strict:
+        return VoiceProfile(profiles[spec].description) if spec in profiles else None
+    if spec in profiles:
+        raise VoiceError(f"{spec!r} is a profile; use it as '{PROFILE_PREFIX}{spec}'")
+    raise _unknown(spec, clips, profiles)
+
+
+def _profile(text: str, library: VoiceLibrary | None, strict: bool) -> VoiceProfile:
+    """What follows ``profile:``: a profile name (a voice name's characters) or a description, quotes dropped."""
+    text = text.strip().strip('"').strip()
+    if not text:
+        raise VoiceError("'profile:' needs a profile name or a description of the voice")
+    if library is None or not _NAME.fullmatch(text):
+        return VoiceProfile(text)
+    found = library.find(PROFILE_PREFIX + text, missing_ok=not strict)
+    return VoiceProfile(text if found is None else found.description)
+
+
 class VoiceLibrary:
     """Voices by name. ``folders``: where to look (default ``voice_folders()``); the first one is where
     ``add`` writes. ``cache_dir``: where encoded codes are kept (default ``codes_dir()``)."""
@@ -173,40 +270,21 @@ class VoiceLibrary:
             profiles.setdefault(name, Voice(name, "builtin", None, description=text))
         return clips, profiles
 
-    def find(self, name: str) -> Voice:
-        """The entry called ``name`` (``profile:NAME`` for a profile)."""
+    def find(self, name: str, *, missing_ok: bool = False) -> Voice | None:
+        """The entry called ``name`` (``profile:NAME`` for a profile); an unknown one raises ``VoiceError``,
+        or gives None with ``missing_ok``."""
         clips, profiles = self.entries()
-        if name.startswith("profile:"):
-            key = name[len("profile:"):]
-            if key in profiles:
-                return profiles[key]
-            raise VoiceError(f"unknown voice profile {key!r}{did_you_mean(key, profiles)}"
-                             " (see 'higgs-audio voices list')")
-        if name in clips:
-            return clips[name]
-        raise VoiceError(f"unknown voice {name!r}{did_you_mean(name, list(clips) + [f'profile:{p}' for p in profiles])}"
-                         " (see 'higgs-audio voices list', or give a path to an audio file)")
+        is_profile = name.startswith(PROFILE_PREFIX)
+        key = name[len(PROFILE_PREFIX):] if is_profile else name
+        found = (profiles if is_profile else clips).get(key)
+        if found is not None or missing_ok:
+            return found
+        raise _unknown_profile(key, profiles) if is_profile else _unknown(name, clips, profiles)
 
-    def get(self, name: str, codec, max_seconds: float | None = None):
-        """A library voice as a ``VoiceRef`` (codes from the cache, encoded on first use); a clip longer than
+    def load(self, clip: Clip, codec, max_seconds: float | None = None) -> VoiceRef:
+        """A clip file as a ``VoiceRef``, its codes from the cache (encoded on first use); a clip longer than
         ``max_seconds`` raises ``AudioTooLongError``."""
-        from higgs_audio.prompt import VoiceRef
-
-        voice = self.find(name)
-        if voice.is_profile:
-            raise VoiceError(f"{name!r} is a profile; use it as 'profile:{name}'")
-        return VoiceRef(self.encode(voice.audio, codec, max_seconds), voice.transcript)
-
-    def profile(self, name: str):
-        """A ``VoiceProfile`` from a profile name, or from free text (anything that is not a voice name)."""
-        from higgs_audio.prompt import VoiceProfile
-
-        name = name.strip().strip('"').strip()
-        if not _NAME.fullmatch(name):
-            if not name:
-                raise VoiceError("'profile:' needs a profile name or a description of the voice")
-            return VoiceProfile(name)
-        return VoiceProfile(self.find(f"profile:{name}").description)
+        return VoiceRef(self.encode(clip.audio, codec, max_seconds), clip.transcript)
 
     def encode(self, audio: str | os.PathLike, codec, max_seconds: float | None = None):
         """Codes (K, T) of an audio file, from the cache when this file was encoded by this codec before;

@@ -7,13 +7,12 @@ import torch
 from higgs_audio.messages import AudioContent, Message, MessageError, TextContent
 from higgs_audio.prompt import (
     PromptAudio,
-    VoiceProfile,
-    VoiceRef,
     build_context,
     build_messages,
     build_prompt,
 )
 from higgs_audio.text_tokenizer import TextTokenizer
+from higgs_audio.voices import VoiceProfile, VoiceRef
 from tests.helpers.text_tokenizer import write_text_tokenizer
 
 BOT, SH, EH, NN = 128000, 128006, 128007, 271

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from higgs_audio.longform import generate_longform
-from higgs_audio.prompt import VoiceRef, build_messages, build_prompt
+from higgs_audio.prompt import build_messages, build_prompt
 from higgs_audio.scenes import SCENES
 from higgs_audio.text_tokenizer import TextTokenizer
-from higgs_audio.voices import BUILTIN_PROFILES
+from higgs_audio.voices import BUILTIN_PROFILES, VoiceRef
 from tests.helpers.text_tokenizer import write_text_tokenizer
 
 BOT, SH, EH, NN, EOT = 128000, 128006, 128007, 271, 128009

@@ -27,7 +27,7 @@ from higgs_audio.server.middleware import BodyLimit, RequestLog
 from higgs_audio.server.schemas import AudioOptions, ChatRequest, GenerationRequest, SpeechRequest
 from higgs_audio.server.service import Settings, check_chars, check_model
 from higgs_audio.server.speech import audio_response
-from higgs_audio.voices import AUDIO_SUFFIXES, VoiceLibrary
+from higgs_audio.voices import AUDIO_SUFFIXES, PROFILE_PREFIX, VoiceLibrary
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 
@@ -100,7 +100,7 @@ def create_app(backend: Backend, voices: VoiceLibrary, settings: Settings) -> Fa
         clips, profiles = await run_in_threadpool(voices.entries)
         data = [{"id": v.name, "object": "voice", "kind": v.kind, "transcript": v.transcript}
                 for v in clips.values()]
-        data += [{"id": f"profile:{v.name}", "object": "voice", "kind": v.kind, "description": v.description}
+        data += [{"id": PROFILE_PREFIX + v.name, "object": "voice", "kind": v.kind, "description": v.description}
                  for v in profiles.values()]
         return {"object": "list", "data": data}
 
@@ -124,18 +124,17 @@ def create_app(backend: Backend, voices: VoiceLibrary, settings: Settings) -> Fa
             return {"id": voice.name, "object": "voice", "kind": voice.kind, "transcript": voice.transcript}
         if file is None and description is not None:
             voice = await run_in_threadpool(lambda: voices.add_profile(name, description, force=force))
-            return {"id": f"profile:{voice.name}", "object": "voice", "kind": voice.kind,
+            return {"id": PROFILE_PREFIX + voice.name, "object": "voice", "kind": voice.kind,
                     "description": voice.description}
         raise APIError(400, "give either an audio file with its transcript, or a description for a profile",
                        param="file")
 
     @app.delete("/v1/voices/{name}", dependencies=secured)
     async def delete_voice(name: str) -> dict:
-        clips, profiles = await run_in_threadpool(voices.entries)
-        profile = profiles.get(name[len("profile:"):]) if name.startswith("profile:") else None
-        if name not in clips and profile is None:
+        voice = await run_in_threadpool(lambda: voices.find(name, missing_ok=True))
+        if voice is None:
             raise APIError(404, f"no voice {name!r}; GET /v1/voices lists them", param="name")
-        if profile is not None and profile.kind == "builtin":
+        if voice.kind == "builtin":
             raise APIError(403, f"{name!r} is a built-in profile: built-in voices cannot be removed", param="name",
                            code="builtin_voice")
         await run_in_threadpool(voices.remove, name)

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.engine import Request as EngineRequest
 from higgs_audio.messages import AudioContent, Message, TextContent
-from higgs_audio.prompt import VoiceProfile, build_context
+from higgs_audio.prompt import build_context
 from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Finish, Work, next_event
 from higgs_audio.server.encoding import encode_file, pcm16
 from higgs_audio.server.errors import APIError
@@ -30,6 +30,7 @@ from higgs_audio.server.service import (
     sampling,
     sse_event,
 )
+from higgs_audio.voices import VoiceProfile
 
 CHAT_FORMATS = {"pcm16": "pcm"}
 

@@ -14,13 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from higgs_audio.api import HiggsAudio
 from higgs_audio.config import DEFAULT_MODEL
 from higgs_audio.engine import Request as EngineRequest
-from higgs_audio.prompt import VoiceProfile
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.pipeline import CodecBatcher
 from higgs_audio.server.scheduler import Job, QueueFull, Scheduler
 from higgs_audio.server.schemas import SamplingOptions
-from higgs_audio.voices import VoiceLibrary
+from higgs_audio.voices import Clip, VoiceLibrary, resolve_voice
 
 # OpenAI's built-in voice names: clients hard-code them, so when the library has no voice of that name
 # they mean "no particular voice" (the model picks one) rather than an error.
@@ -81,15 +80,13 @@ def sampling(body: SamplingOptions, settings: Settings, max_tokens: int | None =
 
 
 def library_voice(service: Service, name: str):
-    """(voice, preset system prompt) for a library clip or profile name, or None if there is none."""
-    clips, profiles = service.voices.entries()
-    if name in clips:
+    """(voice, preset system prompt) for a voice name as clients send it (``resolve_voice``'s lenient reading:
+    a library clip or profile, ``profile:`` and a description), or None if it names none."""
+    voice = resolve_voice(name, service.voices, files=False, strict=False)
+    if isinstance(voice, Clip):
         api = service.api
-        return service.voices.get(name, api.codec, api.max_reference_seconds), clips[name].system_prompt
-    key = name[len("profile:"):] if name.startswith("profile:") else name
-    if key in profiles:
-        return VoiceProfile(profiles[key].description), None
-    return None
+        return service.voices.load(voice, api.codec, api.max_reference_seconds), voice.system_prompt
+    return None if voice is None else (voice, None)
 
 
 def audio_bytes(data: str, settings: Settings, param: str) -> bytes:

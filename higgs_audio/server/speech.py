@@ -7,7 +7,6 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.messages import AudioContent
-from higgs_audio.prompt import VoiceProfile, VoiceRef
 from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Work, next_event
 from higgs_audio.server.encoding import MEDIA_TYPES, StreamEncoder, encode_file
 from higgs_audio.server.errors import APIError
@@ -21,6 +20,7 @@ from higgs_audio.server.service import (
     observe_first_audio,
     sse_event,
 )
+from higgs_audio.voices import VoiceProfile, VoiceRef
 
 
 def speech_voice(service: Service, body: SpeechRequest):
@@ -50,8 +50,6 @@ def named_voice(service: Service, name: str, param: str):
     found = library_voice(service, name)
     if found is not None:
         return found
-    if name.startswith("profile:"):
-        return VoiceProfile(name[len("profile:"):].strip()), None
     if name.lower() in OPENAI_VOICES:
         return None, None
     raise APIError(400, f"unknown voice {name!r}; GET /v1/voices lists the voices, or use "

@@ -27,8 +27,9 @@ from higgs_audio.config import ModelConfig
 from higgs_audio.delay import add_delay_pattern
 from higgs_audio.messages import AudioContent, Message
 from higgs_audio.model.higgs import merge_placeholders
-from higgs_audio.prompt import Tokenizer, VoiceRef, build_messages, build_prompt
+from higgs_audio.prompt import Tokenizer, build_messages, build_prompt
 from higgs_audio.text import normalize_transcript, speaker_tags
+from higgs_audio.voices import VoiceRef
 
 POLICIES = ("target", "all")
 IGNORE = -100

@@ -128,7 +128,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def _samples(opts, clips, codes, tokenizer, cfg):
-    from higgs_audio.prompt import VoiceRef
+    from higgs_audio.voices import VoiceRef
     from higgs_audio.train.samples import build_sample, sample_messages
 
     by_speaker: dict[str | None, list[int]] = {}

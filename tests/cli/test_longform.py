@@ -16,7 +16,8 @@ from higgs_audio.longform import (
     generate_longform,
     prompt_positions,
 )
-from higgs_audio.prompt import VoiceRef, build_context
+from higgs_audio.prompt import build_context
+from higgs_audio.voices import VoiceRef
 
 TEXT = "The first sentence is here. A second one follows it. The third closes the text."
 FAST = dict(temperature=1.0, max_new_tokens=30)

@@ -12,8 +12,15 @@ import torch
 
 from higgs_audio.audio import read_audio
 from higgs_audio.errors import AudioInputError
-from higgs_audio.prompt import VoiceProfile, VoiceRef
-from higgs_audio.voices import BUILTIN_PROFILES, VoiceError, VoiceLibrary, check_name
+from higgs_audio.voices import (
+    BUILTIN_PROFILES,
+    VoiceError,
+    VoiceLibrary,
+    VoiceProfile,
+    VoiceRef,
+    check_name,
+    resolve_voice,
+)
 
 
 @pytest.fixture
@@ -115,16 +122,50 @@ def test_remove_clip_profile_and_preset(reference_folder, tmp_path):
 
 def test_profiles_by_name_or_description(tmp_path):
     lib = VoiceLibrary(tmp_path / "lib", cache_dir=tmp_path / "c")
-    assert lib.profile("male_en_british") == VoiceProfile(BUILTIN_PROFILES["male_en_british"])
-    assert lib.profile('"a warm, low voice"') == VoiceProfile("a warm, low voice")
+
+    def profile(text):
+        return resolve_voice(f"profile:{text}", lib)
+
+    assert profile("male_en_british") == VoiceProfile(BUILTIN_PROFILES["male_en_british"])
+    assert profile('"a warm, low voice"') == VoiceProfile("a warm, low voice")
     with pytest.raises(VoiceError, match="did you mean 'female_en_british'"):
-        lib.profile("female_en_britsh")
+        profile("female_en_britsh")
     with pytest.raises(VoiceError, match="needs a profile name or a description"):
-        lib.profile("  ")
+        profile("  ")
     lib.add_profile("pirate", "A gravelly  pirate.")
-    assert lib.profile("pirate") == VoiceProfile("A gravelly pirate.")
+    assert profile("pirate") == VoiceProfile("A gravelly pirate.")
     with pytest.raises(VoiceError, match="already exists"):
         lib.add_profile("pirate", "Another.")
+
+
+def test_one_reading_of_voice_specs(reference_folder, tmp_path, clips):
+    """``resolve_voice``: strict for the CLI and the API, lenient (no files) for the server."""
+    lib = VoiceLibrary(reference_folder, cache_dir=tmp_path / "c")
+    preset = resolve_voice("preset_voice", lib)
+    assert (preset.audio, preset.transcript, preset.system_prompt) == (
+        (reference_folder / "audio" / "p.flac").resolve(), "Preset words.", "Be calm.")
+    assert resolve_voice("belinda", lib, "Given words.").transcript == "Given words."  # given wins
+    path = resolve_voice(str(reference_folder / "belinda.wav"), lib)
+    assert (path.audio, path.transcript) == (reference_folder / "belinda.wav", "Twas the night before.")
+    wave = (np.zeros(240, dtype=np.float32), 24000)
+    assert resolve_voice(wave, None, "Words.").audio is wave
+    assert resolve_voice("profile:custom", None) == VoiceProfile("custom")  # no library: the words themselves
+    with pytest.raises(AudioInputError, match="does not exist"):
+        resolve_voice(str(tmp_path / "missing.wav"), lib)
+    with pytest.raises(AudioInputError, match="not an audio file, a 'profile:' description or a known voice"):
+        resolve_voice("belinda", None)
+    with pytest.raises(VoiceError, match="is a profile; use it as 'profile:custom'"):
+        resolve_voice("custom", lib)
+    with pytest.raises(VoiceError, match="unknown voice 'belinde'; did you mean 'belinda'"):
+        resolve_voice("belinde", lib)
+
+    def lenient(spec):
+        return resolve_voice(spec, lib, files=False, strict=False)
+
+    assert lenient("custom") == lenient("profile:custom") == VoiceProfile("A raspy old sailor.")
+    assert lenient("profile:urgent") == VoiceProfile("urgent")  # an unknown profile name is a description
+    assert lenient("alloy") is None and lenient(str(reference_folder / "belinda.wav")) is None
+    assert lenient("belinda").transcript == "Twas the night before."
 
 
 class CountingCodec:
@@ -154,31 +195,36 @@ def codecs(tiny_codec, tmp_path_factory):
 def test_codes_are_cached_by_audio_hash_and_codec(tmp_path, clips, codecs):
     codec, other = codecs
     folder, cache = tmp_path / "lib", tmp_path / "cache"
+
+    def get(name, codec):
+        library = VoiceLibrary(folder, cache_dir=cache)
+        return library.load(resolve_voice(name, library), codec)
+
     VoiceLibrary(folder, cache_dir=cache).add("host", clips.a, "Words.")
 
     first = CountingCodec(codec)
-    ref = VoiceLibrary(folder, cache_dir=cache).get("host", first)
+    ref = get("host", first)
     assert isinstance(ref, VoiceRef) and ref.transcript == "Words."
     assert first.calls == 1 and torch.equal(ref.codes, codec.encode(*read_audio(clips.a)))
 
     second_run = CountingCodec(codec)  # a new library object: what the next command sees
-    again = VoiceLibrary(folder, cache_dir=cache).get("host", second_run)
+    again = get("host", second_run)
     assert second_run.calls == 0 and torch.equal(again.codes, ref.codes) and again.codes.dtype == torch.long
     assert len(list(cache.iterdir())) == 1
 
     different = CountingCodec(other)
-    VoiceLibrary(folder, cache_dir=cache).get("host", different)
+    get("host", different)
     assert different.calls == 1 and len(list(cache.iterdir())) == 2
 
     shutil.copy(clips.b, folder / "host.wav")  # same name, new audio: new hash
     changed = CountingCodec(codec)
-    VoiceLibrary(folder, cache_dir=cache).get("host", changed)
+    get("host", changed)
     assert changed.calls == 1
 
     for entry in cache.iterdir():  # a damaged cache entry is re-made, not trusted
         entry.write_bytes(b"junk")
     damaged = CountingCodec(codec)
-    codes = VoiceLibrary(folder, cache_dir=cache).get("host", damaged).codes
+    codes = get("host", damaged).codes
     assert damaged.calls == 1 and np.array_equal(codes.numpy(), codec.encode(*read_audio(clips.b)).numpy())
 
 
