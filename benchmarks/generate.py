@@ -129,7 +129,8 @@ def _best(runs: list[dict]) -> dict:
 
 def run_ours(weights: Path, device: str, config: str, streams: list[int], frames: int, compile: bool) -> dict:
     from higgs_audio.checkpoint import load_model
-    from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+    from higgs_audio.engine import BatchDecoder, Request
+    from higgs_audio.sampling import SamplingParams
     from higgs_audio.text_tokenizer import TextTokenizer
 
     if config.endswith("-eager"):  # on CUDA, the same configuration without CUDA graphs: their gain

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.generate import REF_FRAMES, _prompt  # noqa: E402
 from higgs_audio.checkpoint import load_model  # noqa: E402
-from higgs_audio.engine import BatchDecoder, Request, SamplingParams  # noqa: E402
+from higgs_audio.engine import BatchDecoder, Request  # noqa: E402
+from higgs_audio.sampling import SamplingParams  # noqa: E402
 from higgs_audio.text_tokenizer import TextTokenizer  # noqa: E402
 from tests.helpers.eager_steps import use_eager_steps  # noqa: E402
 

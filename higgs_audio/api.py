@@ -16,10 +16,11 @@ import torch
 from higgs_audio.cache import fingerprint
 from higgs_audio.checkpoint import load_model
 from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
-from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request, SamplingParams
+from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request
 from higgs_audio.errors import AudioInputError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages
 from higgs_audio.prompt import build_messages, build_prompt
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.text import normalize_transcript, speaker_tags
 from higgs_audio.text_tokenizer import TextTokenizer
 from higgs_audio.voices import Clip, VoiceProfile, VoiceRef, resolve_voice

@@ -32,6 +32,7 @@ from higgs_audio.options import (
     common_parser,
     text_or_file,
 )
+from higgs_audio.sampling import describe
 from higgs_audio.scenes import SCENES, scene_text
 from higgs_audio.text import CHUNK_METHODS
 from higgs_audio.voices import (
@@ -43,6 +44,11 @@ from higgs_audio.voices import (
     resolve_voice,
     sidecar_transcript,
 )
+
+# The SamplingParams fields that speak's flags set (--seed is its own: one seed per run, printed), by value type.
+SAMPLING_FLAGS = {"temperature": float, "top_k": at_least(0), "top_p": float, "max_new_tokens": at_least(1),
+                  "ras_window": at_least(0), "ras_max_repeat": at_least(1)}
+
 
 # -- speak ---------------------------------------------------------------------------------------
 
@@ -155,8 +161,7 @@ def _encode_voices(plan: dict | list, library: VoiceLibrary, api) -> dict | list
 
 
 def _sampling(args) -> dict:
-    names = ("temperature", "top_k", "top_p", "max_new_tokens", "ras_window", "ras_max_repeat")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return {n: getattr(args, n) for n in SAMPLING_FLAGS if getattr(args, n) is not None}
 
 
 def _prompt_dumper(path: Path | None):
@@ -363,15 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="previous chunks each chunk hears, to keep the voice steady (default 2; the reference "
                         "keeps all of them, as 'all' does)")
     g = s.add_argument_group("sampling")
-    g.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
-    g.add_argument("--top-k", type=at_least(0), help="default 50; 0 = off")
-    g.add_argument("--top-p", type=float, help="default 0.95")
+    for name, kind in SAMPLING_FLAGS.items():  # unset: SamplingParams' default
+        g.add_argument(f"--{name.replace('_', '-')}", type=kind, help=describe(name),
+                       metavar=None if kind is float else "N")
     g.add_argument("--seed", type=at_least(0), help="seed for reproducible output (default: random, printed)")
-    g.add_argument("--max-new-tokens", type=at_least(1), metavar="N",
-                   help="steps per chunk, 25 per second of audio (default 2048)")
-    g.add_argument("--ras-window", type=at_least(0), metavar="N",
-                   help="repetition-aware sampling window in frames (default 7; 0 = off)")
-    g.add_argument("--ras-max-repeat", type=at_least(1), metavar="N", help="default 2")
     add_model_arguments(s.add_argument_group("model"))
     s.add_argument("--dump-prompts", type=Path, metavar="FILE",
                    help="write each chunk's prompt (token ids and audio codes) as JSON lines, for debugging; "

@@ -29,40 +29,12 @@ from higgs_audio.delay import add_delay_pattern
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
 from higgs_audio.prefix_cache import BLOCK, PrefixCache
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 FRAME_RATE = 25  # audio frames per second of the Higgs audio tokenizer (hop 960 at 24 kHz)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request generation settings. ``temperature`` 0 means greedy."""
-
-    temperature: float = 0.7
-    top_k: int | None = 50
-    top_p: float = 0.95
-    ras_window: int = 7  # repetition-aware sampling window in columns; 0 disables RAS
-    ras_max_repeat: int = 2
-    seed: int | None = None
-    max_new_tokens: int = 2048  # every step counts: text tokens, the audio start and each audio column
-    max_audio_seconds: float | None = None  # runaway guard per audio segment; None: no guard
-    stop: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        checks = [
-            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-            (self.top_k is None or self.top_k >= 0, "top_k must be >= 0 (0 or None = off)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.ras_window >= 0, "ras_window must be >= 0 (0 = off)"),
-            (self.ras_max_repeat >= 1, "ras_max_repeat must be >= 1"),
-            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-            (self.max_audio_seconds is None or self.max_audio_seconds > 0, "max_audio_seconds must be > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 @dataclass

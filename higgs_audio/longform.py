@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from higgs_audio.api import HiggsAudio, default_max_audio_seconds
-from higgs_audio.engine import Request, SamplingParams
+from higgs_audio.engine import Request
 from higgs_audio.errors import HiggsAudioError
 from higgs_audio.messages import AudioContent, Message
 from higgs_audio.prompt import Prompt, Voices, build_context, build_prompt
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.text import speaker_tags, split_chunks
 
 

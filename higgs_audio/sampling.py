@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -23,6 +24,49 @@ SALT_AUDIO = 2
 SALT_RAS = 3
 
 _MASK32 = 0xFFFFFFFF
+
+
+def _setting(default, doc: str = ""):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request generation settings: the one home of their names, defaults and meanings, from which the
+    CLI's flags and the server's request fields are made (``describe``)."""
+
+    temperature: float = _setting(0.7, "0 = greedy")
+    top_k: int | None = _setting(50, "0 = off")
+    top_p: float = _setting(0.95)
+    ras_window: int = _setting(7, "repetition-aware sampling window in frames; 0 = off")
+    ras_max_repeat: int = _setting(2)
+    seed: int | None = _setting(None, "same seed, same audio, batched or not")
+    max_new_tokens: int = _setting(2048, "steps per request, 25 per second of audio")  # text tokens, audio start, columns
+    max_audio_seconds: float | None = _setting(None, "runaway guard per audio segment")
+    stop: tuple[str, ...] = _setting(())
+
+    def __post_init__(self):
+        checks = [
+            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (self.top_k is None or self.top_k >= 0, "top_k must be >= 0 (0 or None = off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.ras_window >= 0, "ras_window must be >= 0 (0 = off)"),
+            (self.ras_max_repeat >= 1, "ras_max_repeat must be >= 1"),
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.max_audio_seconds is None or self.max_audio_seconds > 0, "max_audio_seconds must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def describe(name: str) -> str:
+    """A ``SamplingParams`` field's meaning and default, for help texts: "0 = greedy (default 0.7)"."""
+    setting = next(f for f in fields(SamplingParams) if f.name == name)
+    doc, default = setting.metadata["doc"], setting.default
+    if default is None:
+        return doc
+    return f"{doc} (default {default})" if doc else f"default {default}"
 
 
 def warp(

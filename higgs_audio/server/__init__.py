@@ -13,6 +13,7 @@ import os
 import sys
 
 from higgs_audio.options import add_model_arguments, at_least
+from higgs_audio.sampling import SamplingParams
 
 API_KEY_ENV = "HIGGS_AUDIO_API_KEY"
 
@@ -58,7 +59,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "to N words, each hearing the two before it, as 'speak --chunk paragraph' (default 200)")
     p.add_argument("--max-upload-mb", type=at_least(0, float, above=True), default=20.0,
                    help="larger request bodies get 413")
-    p.add_argument("--max-new-tokens", type=at_least(1), default=2048,
+    p.add_argument("--max-new-tokens", type=at_least(1), default=SamplingParams.max_new_tokens,
                    help="default and ceiling of a request's generation steps (25 audio steps = 1 s)")
     p.add_argument("--timeout", type=at_least(0, float, above=True), default=300.0,
                    help="seconds before a request is cancelled")

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from higgs_audio.sampling import describe
 from higgs_audio.server.encoding import FORMATS
 
 AudioFormat = Literal[FORMATS]  # type: ignore[valid-type]
@@ -27,14 +28,15 @@ VoiceName = Annotated[str, BeforeValidator(_voice_id)]
 
 
 class SamplingOptions(BaseModel):
-    """Our extras shared by every generating route; unset ones take the engine's defaults."""
+    """Our extras shared by every generating route, each a ``SamplingParams`` field by name; unset ones take
+    its defaults."""
 
     model_config = ConfigDict(extra="ignore")
 
-    temperature: float | None = Field(None, ge=0, le=5, description="0 = greedy")
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=100_000, description="0 = off")
-    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="same seed, same audio, batched or not")
+    temperature: float | None = Field(None, ge=0, le=5, description=describe("temperature"))
+    top_p: float | None = Field(None, gt=0, le=1, description=describe("top_p"))
+    top_k: int | None = Field(None, ge=0, le=100_000, description=describe("top_k"))
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description=describe("seed"))
 
 
 class AudioOptions(SamplingOptions):

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from higgs_audio.api import HiggsAudio
 from higgs_audio.config import DEFAULT_MODEL
 from higgs_audio.engine import Request as EngineRequest
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.pipeline import CodecBatcher
@@ -39,7 +40,7 @@ class Settings:
     max_input_chars: int = 100_000
     max_upload_bytes: int = 20 * 1024 * 1024
     timeout_s: float = 300.0
-    max_new_tokens: int = 2048  # default and ceiling of a request's generation length
+    max_new_tokens: int = SamplingParams.max_new_tokens  # default and ceiling of a request's generation length
     chunk_frames: int = 10  # streamed audio chunks after the first: 10 frames = 0.4 s
     chunk_words: int = 200  # /v1/audio/speech speaks longer inputs in chunks of about this many words
 
@@ -71,7 +72,7 @@ def check_chars(text: str, settings: Settings, param: str) -> None:
 
 def sampling(body: SamplingOptions, settings: Settings, max_tokens: int | None = None) -> dict:
     """The engine's SamplingParams fields that the request sets (the rest keep the engine defaults)."""
-    params = {k: getattr(body, k) for k in ("temperature", "top_p", "top_k", "seed") if getattr(body, k) is not None}
+    params = {k: getattr(body, k) for k in SamplingOptions.model_fields if getattr(body, k) is not None}
     requested = max_tokens if max_tokens is not None else getattr(body, "max_new_tokens", None)
     params["max_new_tokens"] = min(requested or settings.max_new_tokens, settings.max_new_tokens)
     if getattr(body, "max_duration", None) is not None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from higgs_audio.checkpoint import load_model
-from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+from higgs_audio.engine import BatchDecoder, Request
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.model import cpu_kernels
 from higgs_audio.text_tokenizer import TextTokenizer
 from tests.engine.test_port_generation import PROMPT

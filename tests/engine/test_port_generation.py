@@ -9,7 +9,8 @@ import torch
 
 from higgs_audio.checkpoint import load_model
 from higgs_audio.delay import add_delay_pattern
-from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+from higgs_audio.engine import BatchDecoder, Request
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
 from tests.helpers.eager_steps import use_eager_steps
 from tests.helpers.tiny_model import load_port

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from higgs_audio.checkpoint import load_model
-from higgs_audio.engine import BatchDecoder, Request, SamplingParams
+from higgs_audio.engine import BatchDecoder, Request
+from higgs_audio.sampling import SamplingParams
 from higgs_audio import prefix_cache
 from higgs_audio.prefix_cache import BLOCK
 from higgs_audio.text_tokenizer import TextTokenizer
