@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from higgs_audio.engine import SamplingParams
+from higgs_audio.sampling import SamplingParams
 from tests.server.audio_check import decode
 from tests.server.conftest import ROOT, start_server, stop_server
 
