@@ -23,7 +23,14 @@ import torch
 import torch.distributed as dist
 
 from higgs_audio.errors import HiggsAudioError
-from higgs_audio.train.data import Clip, DataError, check_clips, encode_clips, find_clips, summarize
+from higgs_audio.train.data import (
+    Clip,
+    DataError,
+    check_clips,
+    encode_clips,
+    find_clips,
+    summarize,
+)
 
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -128,8 +135,8 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def _samples(opts, clips, codes, tokenizer, cfg):
-    from higgs_audio.voices import VoiceRef
     from higgs_audio.train.samples import build_sample, sample_messages
+    from higgs_audio.voices import VoiceRef
 
     by_speaker: dict[str | None, list[int]] = {}
     for i, c in enumerate(clips):
@@ -169,7 +176,12 @@ def train(opts: TrainOptions, say=lambda msg: None) -> Path:
     from higgs_audio.codec.codec import AudioCodec
     from higgs_audio.text_tokenizer import TextTokenizer
     from higgs_audio.train import adapter as lora
-    from higgs_audio.train.objective import Objective, checkpoint_layers, label_counts, loss
+    from higgs_audio.train.objective import (
+        Objective,
+        checkpoint_layers,
+        label_counts,
+        loss,
+    )
     from higgs_audio.train.samples import collate, pack
 
     place = _Dist(opts.device)

@@ -45,6 +45,14 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text()
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once it holds ``text`` (a streamed response's access line is written when it ends, which
+        may be just after the client has read it all), or as it is at the timeout."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return log
+
 
 def start_server(tmp: Path, model: Path, codec: Path, *args: str, api_key: str | None = None) -> Server:
     port = free_port()

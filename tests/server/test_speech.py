@@ -313,6 +313,6 @@ def test_request_ids_in_headers_and_log_without_payloads(server):
         generated = c.get("/health")
     assert r.headers["x-request-id"] == "req-abc-123"
     assert len(generated.headers["x-request-id"]) >= 8
-    log = server.log_text()
+    log = server.wait_for_log("req-abc-123 POST /v1/audio/speech 200")
     assert "req-abc-123 POST /v1/audio/speech 200" in log
     assert secret_text not in log
