@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.cluster.namespace import RAY_ENV, loopback_only, refusal
+from tests.helpers.metrics import scrape
 
 if not loopback_only():
     raise pytest.UsageError(refusal())
@@ -71,13 +72,7 @@ class RayCluster:
 
     def metrics(self) -> dict[str, float]:
         with self.client() as c:
-            text = c.get("/metrics").text
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+            return scrape(c)
 
     def shutdown(self) -> list[psutil.Process]:
         """Stop everything; returns the processes this cluster started that are still alive 15 s later."""

@@ -7,8 +7,8 @@ import torch
 
 from higgs_audio.checkpoint import load_model
 from higgs_audio.engine import BatchDecoder, Request
-from higgs_audio.sampling import SamplingParams
 from higgs_audio.model import cpu_kernels
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
 from tests.engine.test_port_generation import PROMPT
 from tests.helpers.eager_steps import use_eager_steps

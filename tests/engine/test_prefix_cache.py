@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from higgs_audio import prefix_cache
 from higgs_audio.checkpoint import load_model
 from higgs_audio.engine import BatchDecoder, Request
-from higgs_audio.sampling import SamplingParams
-from higgs_audio import prefix_cache
 from higgs_audio.prefix_cache import BLOCK
+from higgs_audio.sampling import SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
 from tests.engine.test_port_generation import PROMPT
 from tests.helpers.eager_steps import use_eager_steps
-
 
 TRANSCRIPT = "A reference line, read slowly and clearly, with a short pause after every comma, by one speaker."
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.metrics import scrape
+
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 120
 
@@ -32,15 +34,8 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, **{"timeout": 60, **kwargs})
 
     def metrics(self) -> dict[str, float]:
-        """``/metrics`` as {sample line name with labels: value}."""
         with self.client() as c:
-            text = c.get("/metrics").text
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+            return scrape(c)
 
     def log_text(self) -> str:
         return self.log.read_text()
