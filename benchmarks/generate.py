@@ -50,8 +50,8 @@ def write_weights(cache: Path, device: str) -> Path:
     a GPU draws 3 B numbers in a blink, a CPU in a minute)."""
     from safetensors.torch import save_file
 
-    from tests.helpers.tiny_model import FULL, native_config, original_config, original_shapes, to_native_keys
     from tests.helpers.text_tokenizer import write_text_tokenizer
+    from tests.helpers.tiny_model import FULL, native_config, original_config, original_shapes, to_native_keys
 
     target, done = cache / "generation-full-bf16", cache / "generation-full-bf16" / "done"
     if done.exists() and done.read_text() == WEIGHTS_VERSION:

@@ -1,4 +1,6 @@
-"""Audio in and out: read files, bytes, base64 and arrays; resample; measure and normalise loudness; write.
+"""Audio in: read files, bytes, base64 and arrays; resample; change tempo; measure and normalise loudness.
+
+Writing files and streams is ``higgs_audio.formats``' job.
 
 Waves are float32 numpy arrays, shaped (samples,) for mono or (channels, samples) otherwise.
 Every problem with audio a user handed in raises ``AudioInputError`` with a message saying what to fix.
@@ -19,22 +21,9 @@ import soundfile as sf
 import soxr
 
 from higgs_audio.errors import AudioInputError, AudioTooLongError
-from higgs_audio.files import atomic_write
 
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
-# name -> (libsndfile container, subtype); "pcm" is headerless signed 16-bit little-endian.
-FORMATS: dict[str, tuple[str, str]] = {
-    "wav": ("WAV", "PCM_16"),
-    "flac": ("FLAC", "PCM_16"),
-    "mp3": ("MP3", "MPEG_LAYER_III"),
-    "opus": ("OGG", "OPUS"),
-    "ogg": ("OGG", "VORBIS"),
-    "pcm": ("RAW", "PCM_16"),
-}
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
-_SUFFIXES = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".opus": "opus", ".ogg": "ogg", ".pcm": "pcm",
-             ".raw": "pcm"}
 _MAX_CHANNELS = 16
 
 
@@ -316,47 +305,50 @@ def normalize_loudness(wave: np.ndarray, rate: int, target_lufs: float = -23.0) 
     return (wave * np.float32(10 ** ((target_lufs - loudness) / 20))).astype(np.float32)
 
 
-# --- Writing ---
+# --- Tempo ---
 
-def _format_for(format: str | None, path: Path | None) -> str:
-    if format is None:
-        suffix = path.suffix.lower() if path is not None else ""
-        if suffix not in _SUFFIXES:
-            raise ValueError(f"cannot tell the audio format from {str(path)!r}: pass format= one of {list(FORMATS)}")
-        return _SUFFIXES[suffix]
-    name = format.lower()
-    if name not in FORMATS:
-        raise ValueError(f"unsupported audio format {format!r}; choose one of {list(FORMATS)}")
-    return name
+class Tempo:
+    """Change speed without changing pitch (FFmpeg's ``atempo``), chunk by chunk; equal to one-shot."""
 
+    def __init__(self, speed: float, sample_rate: int):
+        import av.filter
 
-def encode_audio(wave: np.ndarray, sample_rate: int, format: str = "wav") -> bytes:
-    """The bytes of an audio file (or raw s16le PCM for "pcm"). Samples are clipped to [-1, 1] first."""
-    name = _format_for(format, None)
-    if name == "opus" and sample_rate not in OPUS_RATES:
-        raise ValueError(f"Opus supports only {OPUS_RATES} Hz; resample the {sample_rate} Hz audio first")
-    wave = np.clip(check_wave(wave, "audio to write"), -1.0, 1.0)
-    frames = wave.T  # soundfile wants (samples, channels)
-    if name == "pcm":
-        return np.round(frames * 32767).astype("<i2").tobytes()
-    container, subtype = FORMATS[name]
-    buffer = io.BytesIO()
-    sf.write(buffer, frames, sample_rate, format=container, subtype=subtype)
-    return buffer.getvalue()
+        self._graph = av.filter.Graph()
+        self._source = self._graph.add_abuffer(sample_rate=sample_rate, format="flt", layout="mono",
+                                               time_base=f"1/{sample_rate}")
+        node = self._source
+        while speed < 0.5:  # one atempo stage covers [0.5, 100]
+            stage = self._graph.add("atempo", "0.5")
+            node.link_to(stage)
+            node, speed = stage, speed / 0.5
+        stage = self._graph.add("atempo", repr(speed))
+        node.link_to(stage)
+        self._sinknode = self._graph.add("abuffersink")
+        stage.link_to(self._sinknode)
+        self._graph.configure()
+        self.rate, self._pts = sample_rate, 0
 
+    def process(self, wave: np.ndarray) -> np.ndarray:
+        import av
 
-def write_audio(
-    path: str | os.PathLike, wave: np.ndarray, sample_rate: int, format: str | None = None, *, force: bool = False
-) -> Path:
-    """Write ``wave`` to ``path`` atomically (a temporary file in the same folder, then a rename).
+        if len(wave):
+            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = self.rate, self._pts
+            self._pts += len(wave)
+            self._source.push(frame)
+        return self._pull()
 
-    The format comes from ``format`` or the file suffix. An existing file is only replaced with ``force``.
-    """
-    path = Path(path).expanduser()
-    data = encode_audio(wave, sample_rate, _format_for(format, path))
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass force=True to overwrite it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
-    atomic_write(path, data)
-    return path
+    def flush(self) -> np.ndarray:
+        self._source.push(None)
+        return self._pull()
+
+    def _pull(self) -> np.ndarray:
+        import av
+
+        out = []
+        while True:
+            try:
+                out.append(self._sinknode.pull().to_ndarray()[0])
+            except (av.error.BlockingIOError, av.error.EOFError):
+                break
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, dtype=np.float32)

@@ -17,13 +17,13 @@ import time
 import warnings
 from pathlib import Path
 
-from higgs_audio.audio import FORMATS
 from higgs_audio.cache import prefix_dir
 from higgs_audio.errors import (
     HiggsAudioError,
     UsageError,
     did_you_mean,
 )
+from higgs_audio.formats import FORMATS, format_for
 from higgs_audio.options import (
     Parser,
     add_checkpoint_argument,
@@ -78,13 +78,10 @@ def _output(args) -> tuple[Path | None, str]:
     if args.output == "-":
         return None, args.format or "wav"
     path = Path(args.output).expanduser()
-    fmt = args.format
-    if fmt is None:
-        ext = path.suffix.lower().lstrip(".")
-        fmt = "pcm" if ext == "raw" else ext
-        if fmt not in FORMATS:
-            raise UsageError(f"cannot tell the audio format from {path.name!r}: name it .wav, .flac, .mp3, .opus, "
-                             ".ogg or .pcm/.raw, or pass --format")
+    try:
+        fmt = format_for(path, args.format)
+    except ValueError as e:
+        raise UsageError(f"{e} (--format)") from None
     if path.exists() and not args.force:
         raise FileExistsError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
@@ -191,7 +188,7 @@ def cmd_speak(args, library: VoiceLibrary) -> int:
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
 
     from higgs_audio.api import HiggsAudio
-    from higgs_audio.audio import encode_audio, write_audio
+    from higgs_audio.formats import encode_audio, write_audio
     from higgs_audio.longform import generate_longform
 
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.helpers.tiny_model import random_weights, original_config, write_native, write_original  # noqa: E402
+from tests.helpers.tiny_model import original_config, random_weights, write_native, write_original  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.engine import Request as EngineRequest
+from higgs_audio.formats import encode_audio, pcm16
 from higgs_audio.messages import AudioContent, Message, TextContent
 from higgs_audio.prompt import build_context
 from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Finish, Work, next_event
-from higgs_audio.server.encoding import encode_file, pcm16
 from higgs_audio.server.errors import APIError
-from higgs_audio.server.schemas import ChatRequest
+from higgs_audio.server.schemas import CHAT_PCM, ChatRequest
 from higgs_audio.server.service import (
     OPENAI_VOICES,
     Service,
@@ -31,8 +31,6 @@ from higgs_audio.server.service import (
     sse_event,
 )
 from higgs_audio.voices import VoiceProfile
-
-CHAT_FORMATS = {"pcm16": "pcm"}
 
 
 def chat_messages(service: Service, body: ChatRequest) -> list[Message]:
@@ -93,7 +91,7 @@ def chat_request(service: Service, body: ChatRequest) -> EngineRequest:
 
 async def chat_completion(backend: Backend, request: Request, body: ChatRequest):
     want_audio = "audio" in body.modalities
-    fmt = CHAT_FORMATS.get(body.audio.format, body.audio.format) if body.audio else "wav"
+    fmt = ("pcm" if body.audio.format == CHAT_PCM else body.audio.format) if body.audio else "wav"
     events = backend.generate(Work("chat", body, body.stream, request.state.request_id))
     created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     audio_id = f"audio-{uuid.uuid4().hex}"
@@ -108,7 +106,7 @@ async def chat_completion(backend: Backend, request: Request, body: ChatRequest)
         observe_first_audio(backend.metrics, request)
         message: dict = {"role": "assistant", "content": whole.text or None}
         if want_audio:
-            data = await run_in_threadpool(encode_file, whole.audio, backend.sample_rate, fmt)
+            data = await run_in_threadpool(encode_audio, whole.audio, backend.sample_rate, fmt)
             message["audio"] = {"id": audio_id, "data": b64(data), "expires_at": created + 3600,
                                 "transcript": whole.text}
         answer = {"id": ident, "object": "chat.completion", "created": created, "model": body.model,

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from higgs_audio.audio import Tempo
 from higgs_audio.codec import AudioCodec, StreamDecoder
-from higgs_audio.server.encoding import Tempo
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job

@@ -10,10 +10,12 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from higgs_audio.formats import STREAMED
 from higgs_audio.sampling import describe
-from higgs_audio.server.encoding import FORMATS
 
-AudioFormat = Literal[FORMATS]  # type: ignore[valid-type]
+AudioFormat = Literal[STREAMED]  # type: ignore[valid-type]
+CHAT_PCM = "pcm16"  # the chat API's name for raw pcm
+ChatAudioFormat = Literal[tuple(CHAT_PCM if f == "pcm" else f for f in STREAMED)]  # type: ignore[valid-type]
 SEED_MAX = 2**63 - 1
 
 
@@ -111,7 +113,7 @@ class ChatMessage(BaseModel):
 
 class ChatAudio(BaseModel):
     voice: VoiceName | None = None
-    format: Literal["wav", "mp3", "flac", "opus", "aac", "pcm16"] = "wav"
+    format: ChatAudioFormat = "wav"
 
 
 class StreamOptions(BaseModel):

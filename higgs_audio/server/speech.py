@@ -6,9 +6,9 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from higgs_audio.formats import FORMATS, StreamEncoder, encode_audio
 from higgs_audio.messages import AudioContent
 from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Work, next_event
-from higgs_audio.server.encoding import MEDIA_TYPES, StreamEncoder, encode_file
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.schemas import SpeechRequest
 from higgs_audio.server.service import (
@@ -73,8 +73,8 @@ async def audio_response(backend: Backend, request: Request, work: Work) -> Resp
         chunk = await next_event(events, request)
         await next_event(events, request)  # the Finish
         observe_first_audio(backend.metrics, request)
-        data = await run_in_threadpool(encode_file, chunk.audio, rate, fmt)
-        return Response(data, media_type=MEDIA_TYPES[fmt], headers={REPLICA_HEADER: chunk.replica})
+        data = await run_in_threadpool(encode_audio, chunk.audio, rate, fmt)
+        return Response(data, media_type=FORMATS[fmt].media_type, headers={REPLICA_HEADER: chunk.replica})
     first = await next_event(events, request)
     as_sse = body.stream_format == "sse"
 
@@ -98,5 +98,5 @@ async def audio_response(backend: Backend, request: Request, work: Work) -> Resp
                 "input_tokens": event.prompt_tokens, "output_tokens": event.completion_tokens,
                 "total_tokens": event.prompt_tokens + event.completion_tokens}})
 
-    return StreamingResponse(chunks(), media_type="text/event-stream" if as_sse else MEDIA_TYPES[fmt],
+    return StreamingResponse(chunks(), media_type="text/event-stream" if as_sse else FORMATS[fmt].media_type,
                              headers={REPLICA_HEADER: first.replica})

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from higgs_audio import audio
+from higgs_audio import audio, formats
 from higgs_audio.errors import AudioInputError
 from tests.codec.signals import noise, speech_like
 
@@ -130,10 +130,10 @@ def test_normalize_loudness_hits_the_target_and_stays_float32():
 
 # --- writing ---
 
-@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus", "ogg"])
+@pytest.mark.parametrize("fmt", [f for f in formats.FORMATS if f != "pcm"])
 def test_encode_formats_round_trip(fmt):
     wave = speech_like(24000)
-    data = audio.encode_audio(wave, 24000, fmt)
+    data = formats.encode_audio(wave, 24000, fmt)
     back, rate = audio.read_audio(data)
     assert rate == 24000
     if fmt in ("wav", "flac"):  # lossless 16-bit
@@ -143,33 +143,41 @@ def test_encode_formats_round_trip(fmt):
 
 
 def test_pcm_is_clipped_s16le():
-    data = audio.encode_audio(np.array([0.0, 0.5, -1.0, 2.0, -3.0], dtype=np.float32), 24000, "pcm")
+    data = formats.encode_audio(np.array([0.0, 0.5, -1.0, 2.0, -3.0], dtype=np.float32), 24000, "pcm")
     assert np.frombuffer(data, dtype="<i2").tolist() == [0, 16384, -32767, 32767, -32767]
 
 
 def test_opus_only_at_its_rates_and_unknown_formats():
     with pytest.raises(ValueError, match="Opus supports only"):
-        audio.encode_audio(noise(22050), 22050, "opus")
+        formats.encode_audio(noise(22050), 22050, "opus")
     with pytest.raises(ValueError, match="unsupported audio format 'aiff'"):
-        audio.encode_audio(noise(100), 24000, "aiff")
+        formats.encode_audio(noise(100), 24000, "aiff")
     with pytest.raises(AudioInputError, match="NaN"):
-        audio.encode_audio(np.array([np.nan], dtype=np.float32), 24000, "wav")
+        formats.encode_audio(np.array([np.nan], dtype=np.float32), 24000, "wav")
+    with pytest.raises(ValueError, match="cannot be encoded as a stream"):
+        formats.StreamEncoder("ogg", 24000)
+
+
+def test_format_from_the_suffix():
+    assert [formats.format_for(f"out.{s}") for s in ("WAV", "aac", "raw", "ogg")] == ["wav", "aac", "pcm", "ogg"]
+    with pytest.raises(ValueError, match="cannot tell the audio format from 'out.aiff'"):
+        formats.format_for("out.aiff")
 
 
 def test_write_is_atomic_and_refuses_to_overwrite(tmp_path):
     wave = speech_like(4800)
-    path = audio.write_audio(tmp_path / "out.flac", wave, 24000)
+    path = formats.write_audio(tmp_path / "out.flac", wave, 24000)
     assert sf.info(path).format == "FLAC"
     first = path.read_bytes()
     with pytest.raises(FileExistsError, match="force=True"):
-        audio.write_audio(path, noise(4800), 24000)
+        formats.write_audio(path, noise(4800), 24000)
     assert path.read_bytes() == first
-    audio.write_audio(path, noise(4800), 24000, force=True)
+    formats.write_audio(path, noise(4800), 24000, force=True)
     assert path.read_bytes() != first
-    audio.write_audio(tmp_path / "raw.bin", wave, 24000, format="pcm")
+    formats.write_audio(tmp_path / "raw.bin", wave, 24000, format="pcm")
     assert (tmp_path / "raw.bin").stat().st_size == 2 * 4800
     with pytest.raises(ValueError, match="cannot tell the audio format"):
-        audio.write_audio(tmp_path / "out.xyz", wave, 24000)
+        formats.write_audio(tmp_path / "out.xyz", wave, 24000)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        audio.write_audio(tmp_path / "missing" / "out.wav", wave, 24000)
+        formats.write_audio(tmp_path / "missing" / "out.wav", wave, 24000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.flac", "raw.bin"]  # no temporary files left
