@@ -97,8 +97,11 @@ class AudioCodec:
 
     def __init__(self, model: CodecModel, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.config = model.cfg
+        self.config = cfg = model.cfg
         self.device, self.dtype = device, dtype
+        # the config's facts that callers ask the codec for
+        self.sample_rate, self.frame_rate, self.hop_length = cfg.sample_rate, cfg.frame_rate, cfg.hop_length
+        self.num_codebooks, self.codebook_size = cfg.num_codebooks, cfg.codebook_size
         self.chunk_seconds: float | None = 5.0
         """Clips longer than this run through the encoder's audio-rate conv stacks this much at a time (same
         codes; the activations of a full-size codec take about 50 MB per second of audio at once); None: whole."""
@@ -138,26 +141,6 @@ class AudioCodec:
         state = {k: v.to(device=device, dtype=torch.float32, copy=True) for k, v in tensors.items()}
         model.load_state_dict(state, strict=True, assign=True)
         return cls(model.to(dtype=dtype), device, dtype)
-
-    @property
-    def sample_rate(self) -> int:
-        return self.config.sample_rate
-
-    @property
-    def frame_rate(self) -> int:
-        return self.config.frame_rate
-
-    @property
-    def hop_length(self) -> int:
-        return self.config.hop_length
-
-    @property
-    def num_codebooks(self) -> int:
-        return self.config.num_codebooks
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
 
     def num_frames(self, num_samples: int) -> int:
         """Frames ``encode`` returns for a clip of ``num_samples`` samples at the codec rate."""

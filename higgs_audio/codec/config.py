@@ -113,19 +113,16 @@ def from_original(cfg: dict[str, Any], path: Path) -> CodecConfig:
         _require(teacher in TEACHERS, path, f"semantic teacher {teacher!r} is unknown (known: {sorted(TEACHERS)})")
         hubert = TEACHERS[teacher]
     ratios = tuple(cfg.get("ratios", (8, 5, 4, 2, 3)))
-    return CodecConfig(
-        sample_rate=cfg.get("sample_rate", 24000),
-        semantic_sample_rate=cfg.get("semantic_sample_rate", 16000),
-        encoder_ratios=ratios,
-        decoder_ratios=ratios,
-        encoder_dim=cfg.get("encoder_hidden_size", 64),
-        decoder_dim=cfg.get("decoder_hidden_size", 1024),
-        latent_dim=cfg.get("D", 256),
-        num_codebooks=cfg.get("n_q", 8),
-        codebook_size=cfg.get("bins", 1024),
-        codebook_dim=cfg.get("codebook_dim", 64),
-        hubert=hubert,
-    )
+    names = {"sample_rate": "sample_rate", "semantic_sample_rate": "semantic_sample_rate",
+             "encoder_dim": "encoder_hidden_size", "decoder_dim": "decoder_hidden_size", "latent_dim": "D",
+             "num_codebooks": "n_q", "codebook_size": "bins", "codebook_dim": "codebook_dim"}
+    return CodecConfig(encoder_ratios=ratios, decoder_ratios=ratios, hubert=hubert, **_given(cfg, names))
+
+
+def _given(source: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """CodecConfig arguments (``names``: ours -> the file's) for the keys ``source`` sets; the rest keep
+    CodecConfig's defaults, which are the reference's."""
+    return {ours: source[theirs] for ours, theirs in names.items() if theirs in source}
 
 
 def _hubert(sub: dict[str, Any], path: Path) -> HubertConfig:
@@ -168,21 +165,13 @@ def from_transformers(cfg: dict[str, Any], path: Path) -> CodecConfig:
     bandwidths = cfg.get("target_bandwidths", (0.5, 1, 1.5, 2, 4))
     frame_rate = math.ceil(sample_rate / math.prod(enc_ratios))
     num_codebooks = int(1000 * bandwidths[-1] // (frame_rate * math.ceil(math.log2(codebook_size))))
+    given = {**_given(acoustic, {"encoder_dim": "encoder_hidden_size", "decoder_dim": "decoder_hidden_size",
+                                 "latent_dim": "hidden_size"}),
+             **_given(cfg, {"semantic_sample_rate": "semantic_sample_rate", "codebook_dim": "codebook_dim",
+                            "semantic_hop": "downsample_factor", "semantic_kernel": "kernel_size",
+                            "semantic_unit_kernel": "unit_kernel_size"})}
     return CodecConfig(
-        sample_rate=sample_rate,
-        semantic_sample_rate=cfg.get("semantic_sample_rate", 16000),
-        encoder_ratios=enc_ratios,
-        decoder_ratios=dec_ratios,
-        encoder_dim=acoustic.get("encoder_hidden_size", 64),
-        decoder_dim=acoustic.get("decoder_hidden_size", 1024),
-        latent_dim=acoustic.get("hidden_size", 256),
-        num_codebooks=num_codebooks,
-        codebook_size=codebook_size,
-        codebook_dim=cfg.get("codebook_dim", 64),
-        semantic_hop=cfg.get("downsample_factor", 320),
-        semantic_kernel=cfg.get("kernel_size", 3),
-        semantic_unit_kernel=cfg.get("unit_kernel_size", 3),
-        semantic_dilations=tuple(cfg.get("block_dilations", (1, 1))),
-        semantic_blocks=len(cfg.get("strides", (1, 1))),
-        hubert=_hubert(semantic, path),
+        sample_rate=sample_rate, encoder_ratios=enc_ratios, decoder_ratios=dec_ratios, num_codebooks=num_codebooks,
+        codebook_size=codebook_size, semantic_dilations=tuple(cfg.get("block_dilations", (1, 1))),
+        semantic_blocks=len(cfg.get("strides", (1, 1))), hubert=_hubert(semantic, path), **given,
     )

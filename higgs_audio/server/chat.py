@@ -21,11 +21,10 @@ from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Finish, W
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.schemas import CHAT_PCM, ChatRequest
 from higgs_audio.server.service import (
-    OPENAI_VOICES,
     Service,
     audio_bytes,
     b64,
-    library_voice,
+    named_voice,
     observe_first_audio,
     sampling,
     sse_event,
@@ -65,12 +64,9 @@ def chat_voice(service: Service, body: ChatRequest, messages: list[Message]) -> 
     has_audio = any(isinstance(c, AudioContent) for m in messages for c in m.contents())
     if not name or has_audio:
         return messages
-    found = library_voice(service, name)
-    if found is None:
-        if name.lower() in OPENAI_VOICES:
-            return messages
-        raise APIError(400, f"unknown voice {name!r}; GET /v1/voices lists them", param="audio.voice")
-    voice, _ = found
+    voice, _ = named_voice(service, name, "audio.voice")
+    if voice is None:
+        return messages
     leading = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
     if isinstance(voice, VoiceProfile) and leading:
         raise APIError(400, "a profile voice becomes the system prompt, but the messages have one: put the "

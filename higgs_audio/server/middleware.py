@@ -27,13 +27,24 @@ async def _send_error(send, status: int, message: str, code: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestLog:
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+class _HTTPMiddleware:
+    """Passes everything but HTTP requests (lifespan, websockets) straight to the app."""
+
+    def __init__(self, app):
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        return await self.http(scope, receive, send)
+
+
+class RequestLog(_HTTPMiddleware):
+    def __init__(self, app, metrics: Metrics):
+        super().__init__(app)
+        self.metrics = metrics
+
+    async def http(self, scope, receive, send):
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         started = time.perf_counter()
@@ -58,15 +69,14 @@ class RequestLog:
             log.info("%s %s %s %d %.3fs", request_id, scope["method"], scope["path"], status, elapsed)
 
 
-class BodyLimit:
+class BodyLimit(_HTTPMiddleware):
     """Refuse request bodies over ``max_bytes`` with 413, by Content-Length or while reading a chunked body."""
 
     def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+        super().__init__(app)
+        self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def http(self, scope, receive, send):
         message = f"the request body is larger than this server's {self.max_bytes} byte limit"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:

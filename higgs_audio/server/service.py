@@ -90,6 +90,18 @@ def library_voice(service: Service, name: str):
     return None if voice is None else (voice, None)
 
 
+def named_voice(service: Service, name: str, param: str):
+    """(voice, preset system prompt) of a voice name: the library's, a 'profile:' description, or (None, None)
+    for OpenAI's built-in names, which mean 'let the model choose'."""
+    found = library_voice(service, name)
+    if found is not None:
+        return found
+    if name.lower() in OPENAI_VOICES:
+        return None, None
+    raise APIError(400, f"unknown voice {name!r}; GET /v1/voices lists the voices, or use "
+                   "'profile:<description>'", param=param, code="voice_not_found")
+
+
 def audio_bytes(data: str, settings: Settings, param: str) -> bytes:
     """The file bytes of base64 audio (bare or a ``data:`` URI), within the upload limit."""
     payload = data.partition(",")[2] if data.startswith("data:") else data

@@ -12,11 +12,11 @@ from higgs_audio.server.backend import REPLICA_HEADER, Backend, Chunk, Work, nex
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.schemas import SpeechRequest
 from higgs_audio.server.service import (
-    OPENAI_VOICES,
     Service,
     audio_bytes,
     b64,
     library_voice,
+    named_voice,
     observe_first_audio,
     sse_event,
 )
@@ -42,18 +42,6 @@ def speech_voice(service: Service, body: SpeechRequest):
         return None, body.system
     voice, preset = named_voice(service, body.voice, "voice")
     return voice, body.system or preset
-
-
-def named_voice(service: Service, name: str, param: str):
-    """(voice, preset system prompt) of a voice name: the library's, a 'profile:' description, or (None, None)
-    for OpenAI's built-in names, which mean 'let the model choose'."""
-    found = library_voice(service, name)
-    if found is not None:
-        return found
-    if name.lower() in OPENAI_VOICES:
-        return None, None
-    raise APIError(400, f"unknown voice {name!r}; GET /v1/voices lists the voices, or use "
-                   "'profile:<description>'", param=param, code="voice_not_found")
 
 
 def profile_voice(service: Service, profile: str | None):
