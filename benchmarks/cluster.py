@@ -20,7 +20,6 @@ On a 2-core machine every replica, the proxy and the clients share the cores: th
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -38,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server import free_port, start, tiny_checkpoints  # noqa: E402
+from benchmarks.server import checkpoint_parser, checkpoints, free_port, start  # noqa: E402
 
 NAMESPACE_RUN = "unshare -n sh -c 'ip link set lo up && exec python benchmarks/cluster.py --tiny'"
 TEXT = "The sun rises in the east and sets in the west, and the day begins again."
@@ -141,12 +140,7 @@ def routing(url: str, voices: list[str], args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model")
-    parser.add_argument("--codec")
-    parser.add_argument("--tiny", action="store_true", help="use tiny random checkpoints (a smoke benchmark)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
+    parser = checkpoint_parser(__doc__, dtype="float32")
     parser.add_argument("--requests", type=int, default=10, help="overhead: sequential requests per server")
     parser.add_argument("--rounds", type=int, default=8, help="routing: requests per voice")
     parser.add_argument("--clients", type=int, default=4, help="routing: concurrent clients")
@@ -167,10 +161,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as tmp:
         tmp = Path(tmp)
         os.environ.update(RAY_TMPDIR=str(tmp / "ray"), HIGGS_AUDIO_CACHE=str(tmp / "cache"))
-        if args.tiny:
-            args.model, args.codec = tiny_checkpoints(tmp)
-        elif not (args.model and args.codec):
-            parser.error("give --model and --codec, or --tiny")
+        checkpoints(parser, args, tmp)
         args.max_batch = 8
         results: dict = {}
         process, plain_url = start(args, args.max_batch, tmp / "plain.log")

@@ -121,17 +121,31 @@ def tiny_checkpoints(folder: Path) -> tuple[str, str]:
     return str(model), str(codec)
 
 
+def checkpoint_parser(description: str, dtype: str = "auto") -> argparse.ArgumentParser:
+    """The options every server benchmark takes: the checkpoints (or ``--tiny``), device and dtype."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--codec")
+    parser.add_argument("--tiny", action="store_true", help="use tiny random checkpoints (a smoke benchmark)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=dtype)
+    return parser
+
+
+def checkpoints(parser: argparse.ArgumentParser, args: argparse.Namespace, folder: Path) -> None:
+    """With ``--tiny``, write tiny random checkpoints into ``folder`` and serve those."""
+    if args.tiny:
+        args.model, args.codec = tiny_checkpoints(folder)
+    elif not (args.model and args.codec):
+        parser.error("give --model and --codec, or --tiny")
+
+
 def fmt(x: float | None, unit: str = "") -> str:
     return "-" if x is None else f"{x:.3f}{unit}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model")
-    parser.add_argument("--codec")
-    parser.add_argument("--tiny", action="store_true", help="use tiny random checkpoints (a smoke benchmark)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
+    parser = checkpoint_parser(__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-new-tokens", type=int, default=100)
@@ -142,10 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.tiny:
-            args.model, args.codec = tiny_checkpoints(tmp)
-        elif not (args.model and args.codec):
-            parser.error("give --model and --codec, or --tiny")
+        checkpoints(parser, args, tmp)
         results: dict[str, list[dict]] = {}
         for name, slots in (("batched", args.max_batch), ("unbatched", 1)):
             process, url = start(args, slots, tmp / f"{name}.log")

@@ -13,7 +13,6 @@ request (Linux only), minus its resident size then.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import os
@@ -28,7 +27,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import free_port, tiny_checkpoints  # noqa: E402
+from server import checkpoint_parser, checkpoints, free_port  # noqa: E402
 
 RATE = 44100
 
@@ -63,25 +62,19 @@ def requests(data: bytes) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model")
-    parser.add_argument("--codec")
-    parser.add_argument("--tiny", action="store_true", help="use tiny random checkpoints")
+    parser = checkpoint_parser(__doc__, dtype="float32")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="checkout to serve from")
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--max-len", type=int, default=4096)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.tiny:
-            args.model, args.codec = tiny_checkpoints(tmp)
-        elif not (args.model and args.codec):
-            parser.error("give --model and --codec, or --tiny")
+        checkpoints(parser, args, tmp)
         data = silence_flac(args.minutes)
         port = free_port()
         (tmp / "voices").mkdir()
         command = [sys.executable, "-m", "higgs_audio", "serve", "--model", args.model, "--codec", args.codec,
-                   "--device", "cpu", "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port),
+                   "--device", args.device, "--dtype", args.dtype, "--host", "127.0.0.1", "--port", str(port),
                    "--voices-dir", str(tmp / "voices"), "--max-len", str(args.max_len), "--log-level", "warning"]
         env = dict(os.environ, PYTHONPATH=args.root, HIGGS_AUDIO_CACHE=str(tmp / "cache"))
         log = tmp / "server.log"
