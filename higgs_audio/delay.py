@@ -1,6 +1,7 @@
 """The codebook delay pattern (spec §4): codebook k runs k steps behind codebook 0.
 
-All functions take codes shaped (K, T) or batched (B, K, T); the last two dims are (codebook, time).
+Codes are shaped (K, T) or batched (B, K, T), the last two dims (codebook, time); the generation-time rules
+(``apply_delay_constraints``) work on one sampled column (B, K) per stream.
 """
 
 from __future__ import annotations
@@ -55,3 +56,49 @@ def delay_state_from_column(column: torch.Tensor, bos: int, eos: int) -> tuple[t
     first_eos = is_eos.int().argmax(-1)  # argmax returns the first maximum: the lowest eos row
     remaining = torch.where(is_eos.any(-1), k - first_eos - 1, torch.full_like(first_eos, -1))
     return num_delay.long(), remaining.long()
+
+
+def apply_delay_constraints(
+    column: torch.Tensor,
+    num_delay: torch.Tensor,
+    remaining: torch.Tensor,
+    bos: int,
+    eos: int,
+    active: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The start ramp and end countdown of the delay pattern on a sampled column (spec §5.4).
+
+    State per stream: ``num_delay`` (B,) long, 0 after the all-bos first column of a segment;
+    ``remaining`` (B,) long, the countdown, -1 while not counting down. In order:
+    1. while ``num_delay + 1 < K``: rows ``num_delay + 1 ..`` are forced to bos; ``num_delay += 1``;
+    2. counting down: rows ``0 .. K - remaining - 1`` are forced to eos; ``remaining -= 1``;
+       otherwise, if some row holds eos, with j the LOWEST such row: rows ``0 .. j - 1`` are forced to
+       eos and ``remaining = K - j - 1``;
+    3. ``finished`` where counting down and ``remaining <= 0``: this column is the segment's last (emit
+       ``<|audio_eos|>`` with it); that stream's state is reset to (0, -1).
+    Streams where ``active`` is False keep their column and state and are not finished.
+    Returns (column, num_delay, remaining, finished).
+    """
+    k = column.shape[-1]
+    rows = torch.arange(k, device=column.device)
+    ramp = num_delay + 1 < k
+    new = column.masked_fill(ramp[:, None] & (rows >= (num_delay + 1)[:, None]), bos)
+    new_delay = num_delay + ramp.long()
+
+    counting = remaining >= 0
+    new = new.masked_fill(counting[:, None] & (rows < (k - remaining)[:, None]), eos)
+    is_eos = new == eos
+    first_eos = is_eos.int().argmax(dim=-1)  # argmax returns the first maximum: the lowest eos row
+    found = ~counting & is_eos.any(dim=-1)
+    new = new.masked_fill(found[:, None] & (rows < first_eos[:, None]), eos)
+    new_remaining = torch.where(counting, remaining - 1, torch.where(found, k - first_eos - 1, -1))
+
+    finished = (counting | found) & (new_remaining <= 0)
+    new_delay = torch.where(finished, 0, new_delay)
+    new_remaining = torch.where(finished, -1, new_remaining)
+    if active is not None:
+        new = torch.where(active[:, None], new, column)
+        new_delay = torch.where(active, new_delay, num_delay)
+        new_remaining = torch.where(active, new_remaining, remaining)
+        finished = finished & active
+    return new, new_delay, new_remaining, finished

@@ -25,7 +25,7 @@ import torch
 from higgs_audio import sampling
 from higgs_audio.config import ModelConfig
 from higgs_audio.cuda_graphs import CapturedSteps
-from higgs_audio.delay import add_delay_pattern
+from higgs_audio.delay import add_delay_pattern, apply_delay_constraints
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
 from higgs_audio.prefix_cache import BLOCK, PrefixCache
@@ -410,7 +410,7 @@ class BatchDecoder:
         window = torch.arange(self.HISTORY, device=self.device) >= (self.HISTORY - self.ras_window[rows])[:, None]
         history = self.history[rows].masked_fill(~window[:, None, :], -1)
         column = sampling.ras(column, logits, history, self.ras_repeat[rows], seed, counter)
-        column, self.num_delay[rows], self.remaining[rows], finished = sampling.apply_delay_constraints(
+        column, self.num_delay[rows], self.remaining[rows], finished = apply_delay_constraints(
             column, self.num_delay[rows], self.remaining[rows], self.bos, self.eos
         )
         self.history[rows] = torch.cat([self.history[rows, :, 1:], column[:, :, None]], dim=-1)

@@ -3,12 +3,10 @@ import math
 import pytest
 import torch
 
-from higgs_audio.delay import delayed_to_codes
 from higgs_audio.sampling import (
     SALT_AUDIO,
     SALT_RAS,
     SALT_TEXT,
-    apply_delay_constraints,
     keyed_uniform,
     ras,
     sample,
@@ -214,99 +212,6 @@ def test_ras_redraw_comes_from_raw_logits_and_is_reproducible():
 
 
 # ---------------------------------------------------------------- delay constraints
-
-
-def _run_segment(sampled_columns, num_delay=0, remaining=-1):
-    """Feed columns 1.. of one segment through the constraints; column 0 is the all-bos column."""
-    state = (torch.tensor([num_delay]), torch.tensor([remaining]))
-    columns, finished = [torch.full((K,), B)], []
-    for col in sampled_columns:
-        out, nd, rem, fin = apply_delay_constraints(col.view(1, K), *state, B, E)
-        state = (nd, rem)
-        columns.append(out[0])
-        finished.append(bool(fin[0]))
-        if fin[0]:
-            break
-    return torch.stack(columns, dim=1), finished, state
-
-
-def _parse(table, sampled):
-    """Spec-style table rows ("B s s E ...") -> tensor; s/x cells take the sampled value."""
-    rows = []
-    for k, line in enumerate(table):
-        cells = line.split()
-        rows.append([B if c == "B" else E if c == "E" else int(sampled[k, j]) for j, c in enumerate(cells)])
-    return torch.tensor(rows)
-
-
-def test_end_countdown_reproduces_the_worked_example():
-    # T = 3 real frames; codebook 0 samples eos at column 4 (spec §5.4).
-    sampled = torch.arange(12).view(1, 12) * 10 + torch.arange(K).view(K, 1) + 100  # distinct per cell
-    sampled[0, 4] = E
-    table = [
-        "B s s s E E E E E E E E",
-        "B B s s s x E E E E E E",
-        "B B B s s s x E E E E E",
-        "B B B B s s s x E E E E",
-        "B B B B B s s s x E E E",
-        "B B B B B B s s s x E E",
-        "B B B B B B B s s s x E",
-        "B B B B B B B B s s s x",
-    ]
-    delayed, finished, state = _run_segment([sampled[:, j] for j in range(1, 12)])
-    assert torch.equal(delayed, _parse(table, sampled))
-    assert finished == [False] * 10 + [True]  # column 11 carries <|audio_eos|>
-    assert [s.item() for s in state] == [0, -1]  # state reset for the next segment
-    codes = delayed_to_codes(delayed, 1024)
-    assert codes.shape == (K, 3)
-    assert torch.equal(codes, torch.stack([sampled[k, k + 1 : k + 4] for k in range(K)]))
-
-
-def test_eos_first_on_a_later_row_forces_lower_rows_and_ends_sooner():
-    sampled = torch.full((K, 20), 7)
-    sampled[3, 10] = E  # first eos on row 3 at column 10, after the ramp
-    delayed, finished, _ = _run_segment([sampled[:, j] for j in range(1, 20)])
-    assert delayed[:4, 10].eq(E).all() and delayed[4:, 10].eq(7).all()
-    assert len(finished) == 14 and finished[-1]  # ends 7 - 3 = 4 columns later, at column 14
-    for m in range(1, 5):  # the countdown forces rows 0 .. K - remaining - 1 = 0 .. 2 + m
-        assert delayed[: 3 + m, 10 + m].eq(E).all()
-        assert delayed[3 + m :, 10 + m].eq(7).all()
-
-
-def test_lowest_eos_row_wins():
-    column = torch.tensor([[7, 7, E, 7, 7, E, 7, 7]])
-    out, nd, rem, fin = apply_delay_constraints(column, torch.tensor([7]), torch.tensor([-1]), B, E)
-    assert out[0].tolist() == [E, E, E, 7, 7, E, 7, 7]
-    assert rem.item() == 8 - 2 - 1 and not fin.item()
-
-
-def test_eos_on_the_last_row_finishes_at_once():
-    column = torch.tensor([[7] * 7 + [E]])
-    out, nd, rem, fin = apply_delay_constraints(column, torch.tensor([7]), torch.tensor([-1]), B, E)
-    assert out[0].eq(E).all() and fin.item()
-    assert (nd.item(), rem.item()) == (0, -1)
-
-
-def test_start_ramp_forces_bos_on_later_rows():
-    sampled = torch.full((K, 9), 7)
-    delayed, finished, state = _run_segment([sampled[:, j] for j in range(1, 9)])
-    for col in range(1, 9):
-        assert delayed[:col, col].eq(7).all() and delayed[col:, col].eq(B).all()
-    assert not any(finished) and state[0].item() == 7
-
-
-def test_batched_streams_match_single_stream_runs_and_inactive_streams_are_untouched():
-    torch.manual_seed(4)
-    columns = torch.randint(0, 1024, (3, K))
-    columns[1, 2] = E
-    num_delay, remaining = torch.tensor([2, 7, 7]), torch.tensor([-1, -1, 3])
-    active = torch.tensor([True, True, False])
-    out, nd, rem, fin = apply_delay_constraints(columns, num_delay, remaining, B, E, active=active)
-    for b in range(2):
-        single = apply_delay_constraints(columns[b : b + 1], num_delay[b : b + 1], remaining[b : b + 1], B, E)
-        assert torch.equal(out[b], single[0][0])
-        assert (nd[b], rem[b], fin[b]) == (single[1][0], single[2][0], single[3][0])
-    assert torch.equal(out[2], columns[2]) and (nd[2].item(), rem[2].item(), fin[2].item()) == (7, 3, False)
 
 
 @pytest.mark.parametrize("salt", [SALT_TEXT, SALT_AUDIO])
