@@ -6,6 +6,7 @@ Each engine configuration runs in its own subprocess so peak memory is measured 
     python benchmarks/generate.py                       # CPU: ours (auto, int8) vs the port
     python benchmarks/generate.py --device cuda --compile --configs bf16,bf16-fused,int4 --streams 1,16
     python benchmarks/generate.py --configs int8-saved --cpu-isa avx2 --rounds 2   # best of two turns each
+    git worktree add /tmp/before main~3 && python benchmarks/generate.py --configs int8-saved --baseline /tmp/before
 
 It prints a table and writes the same numbers as a picture (``--plot``, default generate.png).
 
@@ -34,6 +35,7 @@ REF_FRAMES = 250  # a 10 s reference clip
 AUDIO_EOS = 1025
 TEXT = "And now the text to speak, a sentence of ordinary length."
 OTHER_TEXT = "Then another sentence in the same voice, a little longer than the first one was."
+BASELINE = "@baseline"  # suffix of a configuration run from --baseline's checkout
 WEIGHTS_VERSION = "2"  # of the cached random weights' recipe: 2 added the zero eos row
 PROMPT = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nGenerate audio following instruction.\n\n"
@@ -307,6 +309,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every configuration this many times, in turn, and report each one's best: on a "
                              "machine shared with others, a slow stretch then does not fall on one engine alone")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout of this repository (e.g. a git worktree of the previous main): its "
+                             "engine runs each of --configs too, in turn with ours, for a same-run comparison")
     parser.add_argument("--plot", default="generate.png", help="the picture of the results ('none': no picture)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -328,8 +333,9 @@ def main() -> None:
         return
 
     write_weights(args.cache_dir, args.device)
-    configs = args.configs.split(",") + ([] if args.skip_port else ["port"])
-    for config in {c.removesuffix("-torch") for c in configs}:
+    ours = args.configs.split(",")
+    configs = ours + [f"{c}{BASELINE}" for c in ours if args.baseline] + ([] if args.skip_port else ["port"])
+    for config in {c.removesuffix(BASELINE).removesuffix("-torch") for c in configs}:
         if config.endswith("-saved") and not (args.cache_dir / f"generation-full-{config}").exists():
             print(f"writing the {config} copy ...", file=sys.stderr)
             subprocess.run([sys.executable, __file__, "--worker", f"save-{config}", "--cache-dir", str(args.cache_dir)],
@@ -338,12 +344,16 @@ def main() -> None:
     for round_ in range(args.rounds):
         for config in configs:
             print(f"running {config} (round {round_ + 1} of {args.rounds}) ...", file=sys.stderr)
-            cmd = [sys.executable, __file__, "--worker", config, "--device", args.device, "--streams", args.streams,
-                   "--frames", str(args.frames), "--cache-dir", str(args.cache_dir)] + (["--compile"] if args.compile else [])
+            script, worker = Path(__file__), config.removesuffix(BASELINE)
             env = dict(os.environ)
+            if config.endswith(BASELINE):  # the baseline's own benchmark and package
+                script = args.baseline.resolve() / "benchmarks" / "generate.py"
+                env["PYTHONPATH"] = os.pathsep.join([str(args.baseline.resolve()), env.get("PYTHONPATH", "")])
+            cmd = [sys.executable, str(script), "--worker", worker, "--device", args.device, "--streams", args.streams,
+                   "--frames", str(args.frames), "--cache-dir", str(args.cache_dir)] + (["--compile"] if args.compile else [])
             if args.cpu_isa:
                 env.update(ONEDNN_MAX_CPU_ISA=args.cpu_isa.upper(), ATEN_CPU_CAPABILITY=args.cpu_isa.lower())
-            if config.endswith("-torch"):
+            if worker.endswith("-torch"):
                 env["HIGGS_AUDIO_CPU_KERNELS"] = "0"
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
@@ -390,6 +400,17 @@ def main() -> None:
                           " sooner" if "cached_voice_first_frame_s" in r else "")
             print(f"  {name}: prefill x{port['prefill_s'] / r['prefill_s']:.2f} faster, "
                   f"decode x{r['decode_frames_per_s'] / port['decode_frames_per_s']:.2f}{batch}{same_voice}")
+    if args.baseline:
+        print(f"\nratios against the baseline {args.baseline} (same run; above 1: this checkout is faster):")
+        for name in ours:
+            r, b = results.get(name, {}), results.get(f"{name}{BASELINE}", {})
+            if "error" in r or "error" in b or not r or not b:
+                continue
+            batch = "".join(f", {n} streams x{r[f'streams_{n}']['frames_per_s'] / b[f'streams_{n}']['frames_per_s']:.2f}"
+                            for n in streams if n != 1 and f"streams_{n}" in r and f"streams_{n}" in b)
+            print(f"  {name}: prefill x{b['prefill_s'] / r['prefill_s']:.2f}, "
+                  f"decode x{r['decode_frames_per_s'] / b['decode_frames_per_s']:.2f}{batch}, "
+                  f"peak memory {r['peak_memory_gib']:.2f} / {b['peak_memory_gib']:.2f} GiB")
     if args.plot != "none":
         import plots
 
