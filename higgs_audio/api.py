@@ -16,10 +16,11 @@ import torch
 from higgs_audio.cache import fingerprint
 from higgs_audio.checkpoint import load_model
 from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
-from higgs_audio.engine import FRAME_RATE, BatchDecoder, Event, FrameAssembler, Request
+from higgs_audio.engine import FRAME_RATE, BatchDecoder, Request, Stream
 from higgs_audio.errors import AudioInputError
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, coerce_messages
 from higgs_audio.prompt import build_messages, build_prompt
+from higgs_audio.runner import Runner
 from higgs_audio.sampling import SamplingParams
 from higgs_audio.text import normalize_transcript, speaker_tags
 from higgs_audio.text_tokenizer import TextTokenizer
@@ -59,6 +60,7 @@ class HiggsAudio:
         self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
                                     prefill_chunk=prefill_chunk, prefix_cache_mb=prefix_cache_mb,
                                     prefix_cache_dir=prefix_cache_dir)
+        self.runner = Runner(self.decoder)  # the server's scheduler drives it too, from its thread
         self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
         self._lock = threading.Lock()
 
@@ -231,55 +233,87 @@ class HiggsAudio:
     def generate_batch(self, requests: Sequence[Request | dict], *, decode: bool = True) -> list[GenerationResult]:
         """Generate several requests, decoding up to ``max_batch`` of them together. With ``decode=False``
         the codes are not turned into audio (``audio`` is empty), for callers that decode them together."""
-        reqs = [r if isinstance(r, Request) else self.request(**r) for r in requests]
-        runs = [RunCollector(self, r) for r in reqs]
+        streams = [Stream(r if isinstance(r, Request) else self.request(**r)) for r in requests]
         with self._lock:
-            pending = list(range(len(runs)))
-            live: dict[int, RunCollector] = {}
-            while pending or live:
-                while pending and self.decoder.free_slots():
-                    run = runs[pending.pop(0)]
-                    live[run.start(self.decoder)] = run
-                for event in self.decoder.step():
-                    run = live[event.slot]
-                    run.on_event(event)
-                    if event.kind == "done":
-                        del live[event.slot]
-        return [run.result(decode) for run in runs]
+            pending = list(streams)
+            try:
+                while pending or self.runner.live:
+                    while pending and self.runner.free_slots():
+                        self.runner.admit(pending.pop(0))
+                    self.runner.step()
+            finally:
+                for s in streams:
+                    self.runner.end(s, "cancelled")  # after an error: free the slots of the others
+        failed = next((s.error for s in streams if s.error is not None), None)
+        if failed is not None:
+            raise failed
+        return [self.result(s, decode) for s in streams]
 
     def stream(self, text: str | None = None, *, chunk_frames: int = 10, **kwargs) -> Iterator[np.ndarray]:
         """Yield float32 audio chunks as soon as they can be decoded; the first one once the first frames
         clear the delay pattern and the codec's look-ahead, later ones every ``chunk_frames`` frames."""
-        run = RunCollector(self, self.request(text, **kwargs))
+        stream = Stream(self.request(text, **kwargs))
         decoder = self.codec.stream_decoder()
         pending: list[torch.Tensor] = []
         first = True
         with self._lock:
-            slot = run.start(self.decoder)
+            self.runner.admit(stream)
             try:
-                done = False
-                while not done:
-                    for event in self.decoder.step():
-                        if event.slot != slot:
+                while stream.t_end is None:
+                    for update in self.runner.step():
+                        if update.stream is not stream:
                             continue
-                        frame = run.on_event(event)
-                        done = event.kind == "done"
-                        if frame is not None:
-                            pending.append(frame)
-                        if pending and (first or len(pending) >= chunk_frames or done):
+                        pending += update.frames
+                        if pending and (first or len(pending) >= chunk_frames or update.ended):
                             chunk = decoder.push(torch.stack(pending, dim=1))
                             pending = []
                             if len(chunk):
                                 first = False
                                 yield chunk
             finally:
-                if slot in self.decoder.streams:
-                    self.decoder.release(slot)
-        if pending:
-            yield decoder.push(torch.stack(pending, dim=1))
+                self.runner.end(stream, "cancelled")
+        if stream.error is not None:
+            raise stream.error
         tail = decoder.flush()
         if len(tail):
             yield tail
+
+    def result(self, stream: Stream, decode: bool = True) -> GenerationResult:
+        """The result of a stream that ended (``decode=False``: without audio)."""
+        k = self.model.cfg.num_codebooks
+        codes = torch.stack(stream.frames, dim=1) if stream.frames else torch.zeros(k, 0, dtype=torch.long)
+        notes = []
+        if codes.shape[1]:
+            audio = np.asarray(self.codec.decode(codes), dtype=np.float32) if decode else np.zeros(0, np.float32)
+        else:
+            audio = np.zeros(0, dtype=np.float32)
+            notes.append("no audio generated: the model produced only text" if stream.text_ids else "no audio generated")
+            warnings.warn(notes[-1], stacklevel=3)
+        if stream.reason == "max_audio":
+            notes.append(
+                f"audio reached the {stream.request.params.max_audio_seconds:.1f} s guard without ending and was cut"
+            )
+        end = stream.t_end or time.perf_counter()
+        return GenerationResult(
+            audio=audio,
+            sample_rate=self.sample_rate,
+            codes=codes,
+            text=self.tokenizer.decode(stream.text_ids, skip_special_tokens=True),
+            text_ids=list(stream.text_ids),
+            finish_reason=stream.reason,
+            usage={
+                "prompt_tokens": stream.prompt_len,
+                "completion_tokens": stream.steps,
+                "audio_frames": codes.shape[1],
+                "audio_seconds": codes.shape[1] / FRAME_RATE,
+            },
+            timings={
+                "prefill_s": stream.t_prefill - stream.t0,
+                "first_audio_s": None if stream.t_first is None else stream.t_first - stream.t0,
+                "total_s": end - stream.t0,
+            },
+            warnings=notes,
+        )
 
     async def astream(self, text: str | None = None, **kwargs) -> AsyncIterator[np.ndarray]:
         """``stream`` as an async iterator (generation runs in a worker thread)."""
@@ -306,84 +340,3 @@ def _texts(message: Message) -> list[str]:
     from higgs_audio.messages import TextContent
 
     return [c.text for c in message.contents() if isinstance(c, TextContent)]
-
-
-class RunCollector:
-    """Collects one request's events into frames, text and timings (used by the API and the server)."""
-
-    def __init__(self, api: HiggsAudio, request: Request):
-        self.api, self.request = api, request
-        cfg = api.model.cfg
-        self.frames = FrameAssembler(cfg.num_codebooks, cfg.codebook_size)
-        self.codes: list[torch.Tensor] = []
-        self.text_ids: list[int] = []
-        self.reason = "length"
-        self.t0 = self.t_prefill = self.t_first = self.t_end = None
-        self.steps = 0
-        self.prompt_tokens = 0
-
-    def start(self, decoder: BatchDecoder) -> int:
-        self.t0 = time.perf_counter()
-        slot = decoder.add(self.request)
-        stream = decoder.streams[slot]
-        if not stream.prefilling:  # else its first event marks the end of its (chunked) prefill
-            self.t_prefill = time.perf_counter()
-        self.prompt_tokens = stream.prompt_len
-        return slot
-
-    def on_event(self, event: Event) -> torch.Tensor | None:
-        """Record an event; return a newly completed audio frame (K,) if there is one."""
-        if self.t_prefill is None:
-            self.t_prefill = time.perf_counter()
-        if event.kind == "text":
-            self.steps += 1
-            self.text_ids.append(event.token)
-        elif event.kind == "audio":
-            self.steps += 1
-            frame = self.frames.push(event.column, last=event.last)
-            if frame is not None:
-                if self.t_first is None:
-                    self.t_first = time.perf_counter()
-                self.codes.append(frame.cpu())
-                return frame
-        elif event.kind == "done":
-            self.reason = event.reason
-            self.t_end = time.perf_counter()
-        return None
-
-    def result(self, decode: bool = True) -> GenerationResult:
-        api = self.api
-        k = api.model.cfg.num_codebooks
-        codes = torch.stack(self.codes, dim=1) if self.codes else torch.zeros(k, 0, dtype=torch.long)
-        notes = []
-        if codes.shape[1]:
-            audio = np.asarray(api.codec.decode(codes), dtype=np.float32) if decode else np.zeros(0, np.float32)
-        else:
-            audio = np.zeros(0, dtype=np.float32)
-            notes.append("no audio generated: the model produced only text" if self.text_ids else "no audio generated")
-            warnings.warn(notes[-1], stacklevel=3)
-        if self.reason == "max_audio":
-            notes.append(
-                f"audio reached the {self.request.params.max_audio_seconds:.1f} s guard without ending and was cut"
-            )
-        end = self.t_end or time.perf_counter()
-        return GenerationResult(
-            audio=audio,
-            sample_rate=api.sample_rate,
-            codes=codes,
-            text=api.tokenizer.decode(self.text_ids, skip_special_tokens=True),
-            text_ids=list(self.text_ids),
-            finish_reason=self.reason,
-            usage={
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.steps,
-                "audio_frames": codes.shape[1],
-                "audio_seconds": codes.shape[1] / FRAME_RATE,
-            },
-            timings={
-                "prefill_s": self.t_prefill - self.t0,
-                "first_audio_s": None if self.t_first is None else self.t_first - self.t0,
-                "total_s": end - self.t0,
-            },
-            warnings=notes,
-        )

@@ -90,24 +90,36 @@ class SpecialTokens:
         return found
 
 
-@dataclass
-class _Stream:
-    """Python-side record of one active request."""
+@dataclass(eq=False)
+class Stream:
+    """One request from admission to its end, the one record of it: the engine's bookkeeping while it holds a
+    slot and what it produced. The decoder fills ``text_ids``; ``runner.Runner`` the frames, timings and end;
+    the faces read them."""
 
     request: Request
-    merged: MergedInput
+    slot: int | None = None
+    merged: MergedInput | None = None  # the prompt with its audio blocks in place (set when it joins)
     prefilled: int = 0  # prompt positions already in the cache (all but the last one make it complete)
     reused: int = 0  # of which copied from the prefix cache
     decoding: bool = False  # prefilled and loaded into its slot
     forced_audio: bool = False  # the prompt ends with <|audio_out_bos|> and its all-bos column
-    text_ids: list[int] = field(default_factory=list)
     segment_columns: int = 0  # columns of the current audio segment so far (for the runaway guard)
     steps_left: int = 0  # decode steps before max_new_tokens or the cache length is reached
     guard_columns: int | None = None
+    text_ids: list[int] = field(default_factory=list)  # sampled text tokens, <|audio_eos|> after each segment
+    assembler: FrameAssembler | None = None
+    frames: list[torch.Tensor] = field(default_factory=list)  # completed (K,) code frames, on the CPU
+    steps: int = 0  # decode steps that produced a text token or an audio column
+    reason: str = "length"  # how it ended: stop | length | max_audio | no_text_head | cancelled | timeout | error
+    error: BaseException | None = None
+    t0: float | None = None  # admitted
+    t_prefill: float | None = None  # prompt prefilled
+    t_first: float | None = None  # first audio frame complete
+    t_end: float | None = None
 
     @property
     def prompt_len(self) -> int:
-        return len(self.merged.ids)
+        return 0 if self.merged is None else len(self.merged.ids)
 
     @property
     def prefilling(self) -> bool:
@@ -168,7 +180,7 @@ class BatchDecoder:
         self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float64) + 1
         self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
         self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, Stream] = {}
         self._graphs = None
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
         if compile and self.device.type == "cuda":
@@ -216,11 +228,14 @@ class BatchDecoder:
     def free_slots(self) -> int:
         return self.max_batch - len(self.streams)
 
-    def add(self, request: Request) -> int:
-        """Take ``request`` into a free slot and return the slot. Its prompt is prefilled here, or with
-        ``prefill_chunk`` in the following steps; it decodes from the step after its prefill."""
+    def add(self, request: Request | Stream) -> int:
+        """Take ``request`` (or a new ``Stream`` record of one) into a free slot and return the slot. Its prompt
+        is prefilled here, or with ``prefill_chunk`` in the following steps; it decodes from the step after its
+        prefill."""
         if not self.free_slots():
             raise RuntimeError("no free slot: wait for a stream to finish")
+        stream = request if isinstance(request, Stream) else Stream(request)
+        request = stream.request
         p, t, k = request.params, self.tokens, self.cfg.num_codebooks
         if p.ras_window > self.HISTORY:
             raise ValueError(f"ras_window {p.ras_window} is larger than the supported {self.HISTORY}")
@@ -241,7 +256,7 @@ class BatchDecoder:
         if n + 1 > self.max_len:
             raise ValueError(f"the prompt needs {n} positions but the cache holds {self.max_len}")
         slot = next(i for i in range(self.max_batch) if i not in self.streams)
-        stream = _Stream(request, merged, forced_audio=forced_audio)
+        stream.slot, stream.merged, stream.forced_audio = slot, merged, forced_audio
         if p.max_audio_seconds is not None:
             stream.guard_columns = int(p.max_audio_seconds * FRAME_RATE) + k + 1
         self.streams[slot] = stream
@@ -250,7 +265,7 @@ class BatchDecoder:
             self._prefill(slot, stream, stream.prompt_len)
         return slot
 
-    def _prefill(self, slot: int, s: _Stream, budget: int) -> int:
+    def _prefill(self, slot: int, s: Stream, budget: int) -> int:
         """Prefill up to ``budget`` more prompt positions of ``s``; once done, the stream decodes from the next
         step. Returns the positions prefilled."""
         merged, dev = s.merged, self.device
@@ -275,7 +290,7 @@ class BatchDecoder:
             self._activate(slot, s)
         return done
 
-    def _activate(self, slot: int, stream: _Stream) -> None:
+    def _activate(self, slot: int, stream: Stream) -> None:
         """Load a fully prefilled stream's decode state into its slot."""
         p, k, dev = stream.request.params, self.cfg.num_codebooks, self.device
         n, merged = stream.prompt_len, stream.merged
@@ -473,7 +488,7 @@ class BatchDecoder:
                 events.append(Event(slot, "done", reason="stop"))
         return events
 
-    def _hit_stop_string(self, s: _Stream) -> bool:
+    def _hit_stop_string(self, s: Stream) -> bool:
         stops = s.request.params.stop
         if not stops:
             return False

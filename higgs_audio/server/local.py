@@ -69,7 +69,7 @@ class LocalBackend:
         finally:
             audio.job.cancel()  # no-op when it finished; frees the slot when the reader went away
         prompt_tokens, steps = audio.usage()
-        yield Finish(audio.outcome.reason, prompt_tokens, steps)
+        yield Finish(audio.reason, prompt_tokens, steps)
 
     async def _chunks(self, audio: JobAudio) -> AsyncIterator[Chunk]:
         """Audio chunks with the words of the text answer that came with them (decoded whole each time, as

@@ -47,10 +47,10 @@ class LongText:
 
     async def follow(self, job: Job, request_id: str) -> Job | None:
         """Record the chunk ``job`` spoke; queue the next one, if any is left (and time for it)."""
-        codes = job.run.codes
+        frames = job.stream.frames
         k = self.service.api.model.cfg.num_codebooks
-        done = torch.stack(codes, dim=1) if codes else torch.zeros(k, 0, dtype=torch.long)
-        self.spoken = [*self.spoken, ChunkResult(self.pieces[self.index], None, done, job.run.reason, 0)]
+        done = torch.stack(frames, dim=1) if frames else torch.zeros(k, 0, dtype=torch.long)
+        self.spoken = [*self.spoken, ChunkResult(self.pieces[self.index], None, done, job.stream.reason, 0)]
         self.spoken = self.spoken[-CONTEXT_CHUNKS:]
         self.seconds += done.shape[1] / FRAME_RATE
         self.index += 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,12 +21,6 @@ from higgs_audio.codec import AudioCodec, StreamDecoder
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job
-
-
-@dataclass
-class Outcome:
-    reason: str = "length"
-    text_ids: list[int] = field(default_factory=list)
 
 
 def _failure(error: BaseException) -> APIError:
@@ -87,14 +80,18 @@ class JobAudio:
                  follow: Callable[[Job], Awaitable[Job | None]] | None = None):
         self.job, self.batcher, self.speed, self.chunk_frames = job, batcher, speed, chunk_frames
         self.follow = follow
-        self.outcome = Outcome()
         self._earlier = (0, 0)  # usage of the chunks before this job
         self._first = None  # an item read ahead by ``started``
 
+    @property
+    def reason(self) -> str:
+        """How the job (the last chunk's, with ``follow``) ended."""
+        return self.job.stream.reason
+
     def usage(self) -> tuple[int, int]:
         """(prompt tokens, generation steps) of every chunk so far."""
-        run = self.job.run
-        return self._earlier[0] + run.prompt_tokens, self._earlier[1] + run.steps
+        stream = self.job.stream
+        return self._earlier[0] + stream.prompt_len, self._earlier[1] + stream.steps
 
     async def started(self) -> None:
         """Wait for the job's first output, so that a failure before any audio can still become an HTTP
@@ -121,14 +118,13 @@ class JobAudio:
             if any(kind in ("done", "error") for kind, _ in batch):
                 return
 
-    def _take(self, batch, frames: list[torch.Tensor]) -> None:
+    @staticmethod
+    def _take(batch, frames: list[torch.Tensor], text: list[int]) -> None:
         for kind, payload in batch:
             if kind == "frames":
                 frames.extend(payload)
             elif kind == "text":
-                self.outcome.text_ids.extend(payload)
-            elif kind == "done":
-                self.outcome.reason = payload
+                text.extend(payload)
             elif kind == "error":
                 raise _failure(payload)
 
@@ -140,9 +136,8 @@ class JobAudio:
         sent_audio = False
         try:
             async for batch in self._items():
-                text_before = len(self.outcome.text_ids)
-                self._take(batch, frames)
-                new_text = self.outcome.text_ids[text_before:]
+                new_text: list[int] = []
+                self._take(batch, frames, new_text)
                 end = any(kind == "done" for kind, _ in batch)
                 wave = np.zeros(0, dtype=np.float32)
                 if frames and (not sent_audio or len(frames) >= self.chunk_frames or end):
@@ -162,17 +157,16 @@ class JobAudio:
         """Wait for the job to end, then decode it whole.
         Returns the engine's ``GenerationResult`` (audio already at ``speed``)."""
         try:
-            frames: list[torch.Tensor] = []  # the run keeps its own copy of every frame
-            while True:
+            while True:  # the job's stream record keeps its frames and text: only wait for its end
                 item, self._first = self._first or await self.job.next(), None
-                self._take([item], frames)
+                self._take([item], [], [])
                 if item[0] == "done":
                     break
         finally:
             self.job.cancel()
-        if self.outcome.reason == "timeout":
+        if self.reason == "timeout":
             raise APIError(504, "the request timed out", code="timeout")
-        result = await run_in_threadpool(self.job.run.result)
+        result = await run_in_threadpool(self.job.scheduler.api.result, self.job.stream)
         if self.speed != 1.0:
             tempo = Tempo(self.speed, result.sample_rate)
             result.audio = np.concatenate([tempo.process(result.audio), tempo.flush()])
@@ -184,6 +178,6 @@ class JobAudio:
         if self.follow is None:
             return (await self.collect()).audio
         waves = [wave async for wave, _ in self.stream()]
-        if self.outcome.reason == "timeout":
+        if self.reason == "timeout":
             raise APIError(504, "the request timed out", code="timeout")
         return np.concatenate(waves) if waves else np.zeros(0, dtype=np.float32)

@@ -1,14 +1,15 @@
-"""The scheduler: one thread owns the engine's ``BatchDecoder`` and runs continuous batching.
+"""The scheduler: one thread drives the engine's ``Runner`` (continuous batching) for the server.
 
 Handlers build a ``Request`` (tokenising and encoding reference audio in their own worker thread), then
 ``submit`` it. The scheduler thread admits queued jobs into free slots before every step, so a new
 request joins the running batch at the next step (its prompt prefilled ``--prefill-chunk`` positions per
-step while others decode, so their audio keeps flowing); one ``step`` advances every active stream; each
-job's completed code frames are handed to its asyncio queue as they appear. Audio decoding happens in
-the handler, not here, so the decode loop never waits on the codec.
+step while others decode, so their audio keeps flowing); each job's completed code frames are handed to its
+asyncio queue as they appear. Audio decoding happens in the handler, not here, so the decode loop never
+waits on the codec. What stays here is the server's part: the queue, deadlines, metrics and the hand-off to
+asyncio.
 
-Only this thread touches the decoder: a cancelled (client gone) or timed-out job is released here, at the
-next step boundary.
+Only this thread touches the runner: a cancelled (client gone) or timed-out job is ended here, at the next
+step boundary.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import threading
 import time
 from collections import deque
 
-import torch
-
-from higgs_audio.api import HiggsAudio, RunCollector
-from higgs_audio.engine import FRAME_RATE, Request
+from higgs_audio.api import HiggsAudio
+from higgs_audio.engine import FRAME_RATE, Request, Stream
 from higgs_audio.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,20 +32,20 @@ class QueueFull(Exception):
 
 
 class Job:
-    """One request's life in the scheduler, and the queue its handler reads.
+    """The server's side of one request: its deadline and the queue its handler reads; ``stream`` is the
+    request's record (frames, text ids, how it ended, timings).
 
     Items put on ``items``: ``("frames", [tensor (K,), ...])``, ``("text", [token ids])``,
     ``("done", reason)`` or ``("error", exception)``; ``done`` and ``error`` are last.
     """
 
-    def __init__(self, scheduler: Scheduler, run: RunCollector, loop: asyncio.AbstractEventLoop, deadline: float,
+    def __init__(self, scheduler: Scheduler, stream: Stream, loop: asyncio.AbstractEventLoop, deadline: float,
                  request_id: str):
-        self.scheduler, self.run, self.loop = scheduler, run, loop
+        self.scheduler, self.stream, self.loop = scheduler, stream, loop
         self.deadline, self.request_id = deadline, request_id
         self.items: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.finished = False
-        self.slot: int | None = None
 
     def cancel(self) -> None:
         """Stop generating (the client went away); takes effect at the next step boundary."""
@@ -73,17 +72,17 @@ class Job:
 
 class Scheduler:
     def __init__(self, api: HiggsAudio, metrics: Metrics, *, max_queue: int, timeout_s: float):
-        self.api, self.decoder, self.metrics = api, api.decoder, metrics
+        self.api, self.runner, self.metrics = api, api.runner, metrics
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self._pending: deque[Job] = deque()
-        self._live: dict[int, Job] = {}
+        self._live: dict[Stream, Job] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="higgs-scheduler", daemon=True)
 
     @property
     def max_batch(self) -> int:
-        return self.decoder.max_batch
+        return self.runner.decoder.max_batch
 
     def start(self) -> None:
         self._thread.start()
@@ -108,7 +107,7 @@ class Scheduler:
         """Queue ``request``; raises ``QueueFull`` when ``max_queue`` requests are already waiting.
         ``continuing``: the next chunk of a response already streaming, which goes first and is never
         refused (its listener would hear a gap, or lose the rest)."""
-        job = Job(self, RunCollector(self.api, request), asyncio.get_running_loop(), time.monotonic() + self.timeout_s,
+        job = Job(self, Stream(request), asyncio.get_running_loop(), time.monotonic() + self.timeout_s,
                   request_id)
         with self._cond:
             if continuing:
@@ -135,83 +134,66 @@ class Scheduler:
             if self._live:
                 self._step()
         for job in [*self._pending, *self._live.values()]:
-            self._finish(job, "error", RuntimeError("the server is shutting down"))
+            job.stream.error = RuntimeError("the server is shutting down")
+            self._end(job, "error")
 
     def _reap(self) -> None:
-        """Drop cancelled and timed-out jobs, queued or decoding."""
+        """End cancelled and timed-out jobs, queued or decoding."""
         now = time.monotonic()
         with self._cond:
             for job in list(self._pending):
                 if job.cancelled or now > job.deadline:
                     self._pending.remove(job)
-                    self._finish(job, "done", "cancelled" if job.cancelled else "timeout")
+                    self._end(job, "cancelled" if job.cancelled else "timeout")
             self.metrics.queue_depth.set(len(self._pending))
-        for slot, job in list(self._live.items()):
+        for job in list(self._live.values()):
             if job.cancelled or now > job.deadline:
-                self.decoder.release(slot)
-                del self._live[slot]
-                self._finish(job, "done", "cancelled" if job.cancelled else "timeout")
+                self._end(job, "cancelled" if job.cancelled else "timeout")
         self.metrics.active.set(len(self._live))
 
     def _admit(self) -> None:
-        while self.decoder.free_slots():
+        while self.runner.free_slots():
             with self._cond:
                 if not self._pending:
                     break
                 job = self._pending.popleft()
                 self.metrics.queue_depth.set(len(self._pending))
+            stream = job.stream
             try:
-                job.slot = job.run.start(self.decoder)
+                self.runner.admit(stream)
             except Exception as e:  # noqa: BLE001 - e.g. a prompt longer than the cache; fails this job only
-                self._finish(job, "error", e)
+                stream.error = e
+                self._end(job, "error")
                 continue
-            self._live[job.slot] = job
-            stream = self.decoder.streams[job.slot]
+            self._live[stream] = job
             self.metrics.prompt_positions.inc(stream.reused, source="prefix_cache")
             self.metrics.prompt_positions.inc(stream.prompt_len - 1 - stream.reused, source="prefilled")
-        self.metrics.prefix_cache_bytes.set(self.decoder.prefixes.nbytes)
+        self.metrics.prefix_cache_bytes.set(self.runner.decoder.prefixes.nbytes)
         self.metrics.active.set(len(self._live))
 
     def _step(self) -> None:
         self.metrics.batch_size.observe(len(self._live))
         self.metrics.steps.inc()
-        try:
-            events = self.decoder.step()
-        except Exception as e:  # noqa: BLE001 - a failed step fails its batch, not the server
-            log.exception("decode step failed; failing %d request(s)", len(self._live))
-            for slot, job in list(self._live.items()):
-                self.decoder.release(slot)
-                self._finish(job, "error", e)
-            self._live.clear()
-            return
-        frames: dict[int, list[torch.Tensor]] = {}
-        texts: dict[int, list[int]] = {}
-        ended: list[int] = []
-        for event in events:
-            job = self._live.get(event.slot)
-            if job is None:
-                continue
-            frame = job.run.on_event(event)
-            if frame is not None:
-                frames.setdefault(event.slot, []).append(frame)
-            elif event.kind == "text":
-                texts.setdefault(event.slot, []).append(event.token)
-            elif event.kind == "done":
-                ended.append(event.slot)
-        for slot, ids in texts.items():
-            self._live[slot]._put("text", ids)
-        for slot, new in frames.items():
-            self._live[slot]._put("frames", new)
-        for slot in ended:
-            job = self._live.pop(slot)
-            self._finish(job, "done", job.run.reason)
+        for update in self.runner.step():
+            job = self._live[update.stream]
+            if update.text:
+                job._put("text", update.text)
+            if update.frames:
+                job._put("frames", update.frames)
+            if update.ended:
+                self._end(job, update.stream.reason)
         self.metrics.active.set(len(self._live))
 
-    def _finish(self, job: Job, kind: str, payload: object) -> None:
+    def _end(self, job: Job, reason: str) -> None:
+        """End ``job`` with ``reason`` (its stream's, or cancelled/timeout/error) and tell its handler."""
+        stream = job.stream
+        self.runner.end(stream, reason)
+        self._live.pop(stream, None)
         job.finished = True
-        reason = payload if kind == "done" else "error"
-        self.metrics.finished.inc(reason=str(reason))
-        self.metrics.audio_seconds.inc(len(job.run.codes) / FRAME_RATE)
-        if kind == "error":
-            log.warning("request %s failed: %s", job.request_id, payload)
-        job._put(kind, payload)
+        self.metrics.finished.inc(reason=stream.reason)
+        self.metrics.audio_seconds.inc(len(stream.frames) / FRAME_RATE)
+        if stream.error is not None:
+            log.warning("request %s failed: %s", job.request_id, stream.error)
+            job._put("error", stream.error)
+        else:
+            job._put("done", stream.reason)

@@ -122,6 +122,6 @@ def test_a_continuing_chunk_goes_first_and_is_never_refused(tiny_api):
         finally:
             scheduler.stop()
         assert [kind for kind, _ in order] != ["error", "error"]
-        assert chunk.run.t0 <= waiting.run.t0  # admitted first
+        assert chunk.stream.t0 <= waiting.stream.t0  # admitted first
 
     asyncio.run(queue())
