@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from higgs_audio import output
 from higgs_audio.cache import fingerprint
 from higgs_audio.checkpoint import load_model
 from higgs_audio.config import DEFAULT_CODEC, DEFAULT_MODEL
@@ -253,41 +254,33 @@ class HiggsAudio:
         """Yield float32 audio chunks as soon as they can be decoded; the first one once the first frames
         clear the delay pattern and the codec's look-ahead, later ones every ``chunk_frames`` frames."""
         stream = Stream(self.request(text, **kwargs))
-        decoder = self.codec.stream_decoder()
-        pending: list[torch.Tensor] = []
-        first = True
+        audio = output.ChunkedAudio(self.codec, chunk_frames)
         with self._lock:
             self.runner.admit(stream)
             try:
                 while stream.t_end is None:
                     for update in self.runner.step():
-                        if update.stream is not stream:
-                            continue
-                        pending += update.frames
-                        if pending and (first or len(pending) >= chunk_frames or update.ended):
-                            chunk = decoder.push(torch.stack(pending, dim=1))
-                            pending = []
-                            if len(chunk):
-                                first = False
-                                yield chunk
+                        chunk = audio.push(update.frames, update.ended) if update.stream is stream else []
+                        if len(chunk):
+                            yield chunk
             finally:
                 self.runner.end(stream, "cancelled")
         if stream.error is not None:
             raise stream.error
-        tail = decoder.flush()
+        tail = audio.flush()
         if len(tail):
             yield tail
 
     def result(self, stream: Stream, decode: bool = True) -> GenerationResult:
         """The result of a stream that ended (``decode=False``: without audio)."""
-        k = self.model.cfg.num_codebooks
-        codes = torch.stack(stream.frames, dim=1) if stream.frames else torch.zeros(k, 0, dtype=torch.long)
+        codes = output.stack_frames(stream.frames, self.model.cfg.num_codebooks)
         notes = []
         if codes.shape[1]:
-            audio = np.asarray(self.codec.decode(codes), dtype=np.float32) if decode else np.zeros(0, np.float32)
+            audio = output.decode(self.codec, codes) if decode else np.zeros(0, np.float32)
         else:
             audio = np.zeros(0, dtype=np.float32)
-            notes.append("no audio generated: the model produced only text" if stream.text_ids else "no audio generated")
+            notes.append("no audio generated: the model produced only text" if stream.text_ids
+                         else "no audio generated")
             warnings.warn(notes[-1], stacklevel=3)
         if stream.reason == "max_audio":
             notes.append(

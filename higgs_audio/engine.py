@@ -28,6 +28,7 @@ from higgs_audio.cuda_graphs import CapturedSteps
 from higgs_audio.delay import add_delay_pattern, apply_delay_constraints
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
+from higgs_audio.output import FrameAssembler
 from higgs_audio.prefix_cache import BLOCK, PrefixCache
 from higgs_audio.sampling import SamplingParams
 from higgs_audio.text_tokenizer import TextTokenizer
@@ -496,28 +497,3 @@ class BatchDecoder:
         tail = self.tokenizer.decode(s.text_ids[-longest:])
         return any(x in tail for x in stops)
 
-
-class FrameAssembler:
-    """Turns a stream's delayed columns into aligned code frames as soon as each frame is complete.
-
-    Frame f of a segment takes row r from column f + r, so the newest column completes frame n - K
-    (n columns so far): the diagonal of the last K columns. Frame 0 is the stream-bos frame and the
-    frame completed by a segment's last column is the stream-eos frame; both are dropped, as the
-    reference's ``[:, 1:-1]`` trim does. bos/eos codes inside kept frames are clipped to the last code.
-    """
-
-    def __init__(self, num_codebooks: int, codebook_size: int):
-        self.k, self.max_code = num_codebooks, codebook_size - 1
-        self.recent: list[torch.Tensor] = []
-        self.count = 0
-
-    def push(self, column: torch.Tensor, last: bool = False) -> torch.Tensor | None:
-        """Add a column (``last``: it ends the segment); return the newly completed (K,) frame, or None."""
-        self.count += 1
-        self.recent = (self.recent + [column])[-self.k :]
-        if last:
-            self.recent, self.count = [], 0
-            return None
-        if self.count - self.k < 1:
-            return None
-        return torch.stack(self.recent).diagonal().clamp(0, self.max_code)

@@ -20,6 +20,7 @@ from higgs_audio.api import HiggsAudio, default_max_audio_seconds
 from higgs_audio.engine import Request
 from higgs_audio.errors import HiggsAudioError
 from higgs_audio.messages import AudioContent, Message
+from higgs_audio.output import decode
 from higgs_audio.prompt import Prompt, Voices, build_context, build_prompt
 from higgs_audio.sampling import SamplingParams
 from higgs_audio.text import speaker_tags, split_chunks
@@ -115,7 +116,8 @@ def generate_longform(
             bar.update()
     finally:
         bar.close()
-    return LongformResult(_decode_joined(api, done), api.sample_rate, done, notes)
+    codes = torch.cat([c.codes for c in done], dim=1)  # one stream: the joins are as smooth as any frame boundary
+    return LongformResult(decode(api.codec, codes), api.sample_rate, done, notes)
 
 
 def chunk_request(api: HiggsAudio, context: list[Message], done: Sequence[ChunkResult], text: str, index: int, *,
@@ -151,17 +153,6 @@ def _fit(api: HiggsAudio, context: list[Message], kept: Sequence[ChunkResult], t
             "use shorter reference clips or smaller chunks, or raise the cache length (max_len, --max-len)"
         )
     return prompt, 0  # fits, with less room to generate than asked for
-
-
-def _decode_joined(api: HiggsAudio, chunks: list[ChunkResult], block_frames: int = 1500) -> np.ndarray:
-    """Decode all chunks' codes as one stream, so the joins are as smooth as any frame boundary. Long
-    audio goes through the streaming decoder ``block_frames`` at a time (same samples, bounded memory)."""
-    codes = torch.cat([c.codes for c in chunks], dim=1)
-    if codes.shape[1] <= block_frames:
-        return np.asarray(api.codec.decode(codes), dtype=np.float32)
-    decoder = api.codec.stream_decoder()
-    pieces = [decoder.push(codes[:, i : i + block_frames]) for i in range(0, codes.shape[1], block_frames)]
-    return np.concatenate([*pieces, decoder.flush()]).astype(np.float32, copy=False)
 
 
 def _progress(total: int, enabled: bool):

@@ -10,10 +10,9 @@ frames as one stream (``JobAudio`` with ``follow``).
 
 from __future__ import annotations
 
-import torch
-
 from higgs_audio.engine import FRAME_RATE
 from higgs_audio.longform import ChunkResult, chunk_request, chunk_seed
+from higgs_audio.output import stack_frames
 from higgs_audio.prompt import build_context
 from higgs_audio.server.scheduler import Job
 from higgs_audio.server.service import Service, submit
@@ -47,9 +46,7 @@ class LongText:
 
     async def follow(self, job: Job, request_id: str) -> Job | None:
         """Record the chunk ``job`` spoke; queue the next one, if any is left (and time for it)."""
-        frames = job.stream.frames
-        k = self.service.api.model.cfg.num_codebooks
-        done = torch.stack(frames, dim=1) if frames else torch.zeros(k, 0, dtype=torch.long)
+        done = stack_frames(job.stream.frames, self.service.api.model.cfg.num_codebooks)
         self.spoken = [*self.spoken, ChunkResult(self.pieces[self.index], None, done, job.stream.reason, 0)]
         self.spoken = self.spoken[-CONTEXT_CHUNKS:]
         self.seconds += done.shape[1] / FRAME_RATE

@@ -2,9 +2,9 @@
 
 Decoding runs in worker threads (the codec's ``stream_decoder``), so the scheduler thread only steps the
 model; ``CodecBatcher`` decodes the chunks that streams hand in meanwhile in one batch. ``stream`` yields
-the first chunk as soon as the first frames decode and then every ``chunk_frames`` frames; ``collect``
-decodes the whole utterance in one call. The two agree sample for sample up to float rounding, because the
-stream decoder waits for each frame's right context.
+the first chunk as soon as the first frames decode and then every ``chunk_frames`` frames (chunked by
+``output.ChunkedAudio``); ``collect`` decodes the whole utterance in one call. The two agree sample for sample
+up to float rounding, because the stream decoder waits for each frame's right context.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from higgs_audio.audio import Tempo
 from higgs_audio.codec import AudioCodec, StreamDecoder
+from higgs_audio.output import ChunkedAudio
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job
@@ -130,24 +131,21 @@ class JobAudio:
 
     async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
         """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
-        decoder = self.batcher.codec.stream_decoder()
+        audio = ChunkedAudio(self.batcher.codec, self.chunk_frames)
         tempo = Tempo(self.speed, self.batcher.codec.sample_rate) if self.speed != 1.0 else None
-        frames: list[torch.Tensor] = []
-        sent_audio = False
         try:
             async for batch in self._items():
+                frames: list[torch.Tensor] = []
                 new_text: list[int] = []
                 self._take(batch, frames, new_text)
                 end = any(kind == "done" for kind, _ in batch)
-                wave = np.zeros(0, dtype=np.float32)
-                if frames and (not sent_audio or len(frames) >= self.chunk_frames or end):
-                    wave = await self.batcher.push(decoder, torch.stack(frames, dim=1))
-                    frames = []
+                codes = audio.take(frames, end)
+                wave = np.zeros(0, dtype=np.float32) if codes is None else await self.batcher.push(audio.decoder, codes)
                 if end:
-                    wave = np.concatenate([wave, await run_in_threadpool(decoder.flush)])
+                    wave = np.concatenate([wave, await run_in_threadpool(audio.flush)])
                 if tempo is not None:
                     wave = np.concatenate([tempo.process(wave), tempo.flush() if end else wave[:0]])
-                sent_audio = sent_audio or bool(len(wave))
+                audio.heard(wave)
                 if len(wave) or new_text:
                     yield wave, new_text
         finally:
