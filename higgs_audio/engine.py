@@ -127,6 +127,54 @@ class Stream:
         return not self.decoding
 
 
+@dataclass
+class SlotState:
+    """Every slot's decode state, one row per slot, so that a step updates all slots with tensor operations.
+    CUDA graphs capture these tensors: they are updated in place, never replaced."""
+
+    pos: torch.Tensor  # the position of the next input
+    next_id: torch.Tensor  # the next input's token id
+    next_codes: torch.Tensor  # (B, K) the next input's audio column
+    next_audio: torch.Tensor  # the next input is an audio column
+    init: torch.Tensor  # the next input is <|audio_out_bos|>: emit the all-bos column (AUDIO_INIT)
+    active: torch.Tensor  # the slot decodes
+    num_delay: torch.Tensor  # delay-pattern state of the current audio segment (sampling.apply_delay_constraints)
+    remaining: torch.Tensor
+    history: torch.Tensor  # (B, K, HISTORY) the last audio-out columns, for RAS; -1 where none
+    seed: torch.Tensor  # sampling: keyed RNG (seed, counter) and the request's settings
+    counter: torch.Tensor
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    ras_window: torch.Tensor
+    ras_repeat: torch.Tensor
+
+    @staticmethod
+    def allocate(max_batch: int, num_codebooks: int, history: int, device: torch.device) -> SlotState:
+        zeros = lambda dtype=torch.long: torch.zeros(max_batch, dtype=dtype, device=device)  # noqa: E731
+        return SlotState(
+            pos=zeros(), next_id=zeros(), next_codes=torch.zeros(max_batch, num_codebooks, dtype=torch.long,
+                                                                 device=device),
+            next_audio=zeros(torch.bool), init=zeros(torch.bool), active=zeros(torch.bool), num_delay=zeros(),
+            remaining=zeros() - 1, history=torch.full((max_batch, num_codebooks, history), -1, dtype=torch.long,
+                                                      device=device),
+            seed=zeros(), counter=zeros(), temperature=zeros(torch.float32), top_k=zeros(),
+            top_p=zeros(torch.float64) + 1, ras_window=zeros(), ras_repeat=zeros(),
+        )
+
+    def load(self, slot: int, pos: int, next_id: int, next_codes: torch.Tensor, next_audio: bool,
+             history: torch.Tensor, seed: int, p: SamplingParams) -> None:
+        """Start ``slot`` decoding from this input, with a fresh delay-pattern state and RNG counter."""
+        self.pos[slot], self.next_id[slot], self.next_codes[slot] = pos, next_id, next_codes
+        self.next_audio[slot], self.init[slot] = next_audio, False
+        self.num_delay[slot], self.remaining[slot], self.history[slot] = 0, -1, history
+        self.seed[slot], self.counter[slot] = seed, 0
+        self.temperature[slot], self.top_k[slot], self.top_p[slot] = p.temperature, p.top_k or 0, p.top_p
+        self.ras_window[slot] = p.ras_window
+        self.ras_repeat[slot] = p.ras_max_repeat if p.ras_window > 0 else 0
+        self.active[slot] = True
+
+
 class BatchDecoder:
     """Prefill and batched decode of up to ``max_batch`` streams of at most ``max_len`` positions each."""
 
@@ -173,14 +221,7 @@ class BatchDecoder:
         k, dev = self.cfg.num_codebooks, self.device
         self.bos, self.eos = self.cfg.audio_stream_bos_id, self.cfg.audio_stream_eos_id
         self.cache = KVCache.allocate(self.cfg, max_batch, max_len, self.dtype, dev)
-        zeros = lambda dtype=torch.long: torch.zeros(max_batch, dtype=dtype, device=dev)  # noqa: E731
-        self.pos, self.next_id, self.counter, self.seed = zeros(), zeros(), zeros(), zeros()
-        self.next_codes = torch.zeros(max_batch, k, dtype=torch.long, device=dev)
-        self.next_audio, self.init, self.active = zeros(torch.bool), zeros(torch.bool), zeros(torch.bool)
-        self.num_delay, self.remaining = zeros(), zeros() - 1
-        self.temperature, self.top_p = zeros(torch.float32), zeros(torch.float64) + 1
-        self.top_k, self.ras_repeat, self.ras_window = zeros(), zeros(), zeros()
-        self.history = torch.full((max_batch, k, self.HISTORY), -1, dtype=torch.long, device=dev)
+        self.slots = SlotState.allocate(max_batch, k, self.HISTORY, dev)
         self.streams: dict[int, Stream] = {}
         self._graphs = None
         self._pending: list[Event] = []  # events produced by add(), reported by the next step()
@@ -216,12 +257,12 @@ class BatchDecoder:
         """An all-audio decode step of every slot as device work alone, so that one CUDA graph holds it, sampling
         included: idle slots compute too, on state that ``_activate`` resets, writing the cache's unused last
         position. Returns every slot's column and whether it ends its segment."""
-        positions = torch.where(self.active, self.pos, self.max_len - 1)[:, None]
-        x = self.model.embed(self.next_id[:, None], self.next_codes[:, None], True)
+        positions = torch.where(self.slots.active, self.slots.pos, self.max_len - 1)[:, None]
+        x = self.model.embed(self.slots.next_id[:, None], self.slots.next_codes[:, None], True)
         h = self.model(x, True, positions, self.cache, kv_len=kv_len)[:, 0]
         column, finished = self._sample_audio(slice(None), h)  # views and copies: no gathers or scatters
-        self.pos += self.active
-        self.counter += self.active
+        self.slots.pos += self.slots.active
+        self.slots.counter += self.slots.active
         return column, finished
 
     # -- joining --------------------------------------------------------------------------------
@@ -295,12 +336,6 @@ class BatchDecoder:
         """Load a fully prefilled stream's decode state into its slot."""
         p, k, dev = stream.request.params, self.cfg.num_codebooks, self.device
         n, merged = stream.prompt_len, stream.merged
-        self.pos[slot] = n - 1
-        self.next_id[slot] = merged.ids[-1]
-        self.next_codes[slot] = merged.codes[-1].to(dev)
-        self.next_audio[slot] = bool(merged.audio[-1])
-        self.init[slot] = False
-        self.num_delay[slot], self.remaining[slot] = 0, -1
         # max_new_tokens counts the audio start too, as in the reference; the cache ends at max_len.
         stream.steps_left = min(p.max_new_tokens - stream.forced_audio, self.max_len - n)
         if stream.forced_audio:
@@ -312,19 +347,14 @@ class BatchDecoder:
         if out_cols.shape[1]:
             last = out_cols[:, -self.HISTORY :]
             hist[:, self.HISTORY - last.shape[1] :] = last
-        self.history[slot] = hist
         seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)))
-        self.seed[slot], self.counter[slot] = seed, 0
-        self.temperature[slot], self.top_k[slot], self.top_p[slot] = p.temperature, p.top_k or 0, p.top_p
-        self.ras_window[slot] = p.ras_window
-        self.ras_repeat[slot] = p.ras_max_repeat if p.ras_window > 0 else 0
-        self.active[slot] = True
+        self.slots.load(slot, n - 1, merged.ids[-1], merged.codes[-1].to(dev), bool(merged.audio[-1]), hist, seed, p)
         stream.decoding = True
 
     def release(self, slot: int) -> None:
         """Forget a stream (finished or cancelled); its slot is free for the next ``add``."""
         self.streams.pop(slot, None)
-        self.active[slot] = False
+        self.slots.active[slot] = False
         self._pending = [e for e in self._pending if e.slot != slot]
 
     def _row(self, slot: int) -> KVCache:
@@ -348,11 +378,11 @@ class BatchDecoder:
             events, self._pending = self._pending, []
             return events
         hi = self.max_batch if self._graphs is not None else max(self.streams) + 1
-        active = self.active[:hi]
-        is_audio = self.next_audio[:hi]
+        active = self.slots.active[:hi]
+        is_audio = self.slots.next_audio[:hi]
         live_audio = is_audio[active]
         audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
-        kv_len = int(self.pos[:hi][active].max()) + 1
+        kv_len = int(self.slots.pos[:hi][active].max()) + 1
         if self._graphs is not None:  # a bounded number of captured shapes
             kv_len = self._bucket(kv_len)
         events, self._pending = self._pending, []
@@ -377,17 +407,17 @@ class BatchDecoder:
 
     def _step(self, hi: int, audio_sel, kv_len: int) -> list[Event]:
         """A decode step of slots ``:hi`` around the model's forward pass (eager, or replayed from a CUDA graph)."""
-        active, is_audio = self.active[:hi], self.next_audio[:hi]
+        active, is_audio = self.slots.active[:hi], self.slots.next_audio[:hi]
         # Rows not decoding (free, or a prompt being prefilled) write to the cache's last position, which no
         # stream uses: add() leaves room for it.
-        positions = torch.where(active, self.pos[:hi], self.max_len - 1)[:, None]
+        positions = torch.where(active, self.slots.pos[:hi], self.max_len - 1)[:, None]
         cache = KVCache(self.cache.k[:, :hi], self.cache.v[:, :hi], self.cache.audio[:hi])
-        x = self.model.embed(self.next_id[:hi, None], self.next_codes[:hi, None], audio_sel)
+        x = self.model.embed(self.slots.next_id[:hi, None], self.slots.next_codes[:hi, None], audio_sel)
         h = self._forward(x, audio_sel, positions, cache, kv_len)
         events = []
         audio_rows = (active & is_audio).nonzero()[:, 0]
-        init_rows = (active & self.init[:hi]).nonzero()[:, 0]
-        text_rows = (active & ~is_audio & ~self.init[:hi]).nonzero()[:, 0]
+        init_rows = (active & self.slots.init[:hi]).nonzero()[:, 0]
+        text_rows = (active & ~is_audio & ~self.slots.init[:hi]).nonzero()[:, 0]
         if len(audio_rows):
             column, finished = self._sample_audio(audio_rows, h[audio_rows])
             events += self._audio_events(list(zip(audio_rows.tolist(), column, finished.tolist())))
@@ -395,8 +425,8 @@ class BatchDecoder:
             events += self._start_audio(init_rows)
         if len(text_rows):
             events += self._text_step(text_rows, h[text_rows])
-        self.pos[:hi] += active
-        self.counter[:hi] += active
+        self.slots.pos[:hi] += active
+        self.slots.counter[:hi] += active
         return events
 
     def _forward(self, x, audio_sel, positions, cache: KVCache, kv_len: int) -> torch.Tensor:
@@ -420,19 +450,20 @@ class BatchDecoder:
         """Sample the next column of audio ``rows`` from their hidden states and advance their delay-pattern
         state, as device work alone. Returns the columns and which of them end a segment."""
         logits = self.model.audio_logits(h)
-        scores = sampling.warp(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows])
-        seed, counter = self.seed[rows], self.counter[rows]
-        column = sampling.sample(scores, self.temperature[rows] == 0, seed, counter, sampling.SALT_AUDIO)
-        window = torch.arange(self.HISTORY, device=self.device) >= (self.HISTORY - self.ras_window[rows])[:, None]
-        history = self.history[rows].masked_fill(~window[:, None, :], -1)
-        column = sampling.ras(column, logits, history, self.ras_repeat[rows], seed, counter)
-        column, self.num_delay[rows], self.remaining[rows], finished = apply_delay_constraints(
-            column, self.num_delay[rows], self.remaining[rows], self.bos, self.eos
+        slots = self.slots
+        scores = sampling.warp(logits, slots.temperature[rows], slots.top_k[rows], slots.top_p[rows])
+        seed, counter = slots.seed[rows], slots.counter[rows]
+        column = sampling.sample(scores, slots.temperature[rows] == 0, seed, counter, sampling.SALT_AUDIO)
+        window = torch.arange(self.HISTORY, device=self.device) >= (self.HISTORY - slots.ras_window[rows])[:, None]
+        history = slots.history[rows].masked_fill(~window[:, None, :], -1)
+        column = sampling.ras(column, logits, history, slots.ras_repeat[rows], seed, counter)
+        column, slots.num_delay[rows], slots.remaining[rows], finished = apply_delay_constraints(
+            column, slots.num_delay[rows], slots.remaining[rows], self.bos, self.eos
         )
-        self.history[rows] = torch.cat([self.history[rows, :, 1:], column[:, :, None]], dim=-1)
-        self.next_codes[rows] = column
-        self.next_audio[rows] = ~finished
-        self.next_id[rows] = torch.where(finished, self.tokens.audio_eos, self.tokens.audio_out)
+        slots.history[rows] = torch.cat([slots.history[rows, :, 1:], column[:, :, None]], dim=-1)
+        slots.next_codes[rows] = column
+        slots.next_audio[rows] = ~finished
+        slots.next_id[rows] = torch.where(finished, self.tokens.audio_eos, self.tokens.audio_out)
         return column, finished
 
     def _audio_events(self, columns: list[tuple[int, torch.Tensor, bool]]) -> list[Event]:
@@ -459,12 +490,12 @@ class BatchDecoder:
         """AUDIO_INIT: the input was ``<|audio_out_bos|>``; emit the all-bos column."""
         k = self.cfg.num_codebooks
         column = torch.full((len(rows), k), self.bos, dtype=torch.long, device=self.device)
-        self.init[rows] = False
-        self.next_audio[rows] = True
-        self.next_codes[rows] = column
-        self.next_id[rows] = self.tokens.audio_out
-        self.num_delay[rows], self.remaining[rows] = 0, -1
-        self.history[rows] = torch.cat([self.history[rows, :, 1:], column[:, :, None]], dim=-1)
+        self.slots.init[rows] = False
+        self.slots.next_audio[rows] = True
+        self.slots.next_codes[rows] = column
+        self.slots.next_id[rows] = self.tokens.audio_out
+        self.slots.num_delay[rows], self.slots.remaining[rows] = 0, -1
+        self.slots.history[rows] = torch.cat([self.slots.history[rows, :, 1:], column[:, :, None]], dim=-1)
         events = []
         for i, slot in enumerate(rows.tolist()):
             self.streams[slot].segment_columns = 1
@@ -475,11 +506,11 @@ class BatchDecoder:
         if self.model.text_head is None:
             return [Event(slot, "done", reason="no_text_head") for slot in rows.tolist()]
         logits = self.model.text_logits(h)[:, None]
-        scores = sampling.warp(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows])
-        greedy = self.temperature[rows] == 0
-        tokens = sampling.sample(scores, greedy, self.seed[rows], self.counter[rows], sampling.SALT_TEXT)[:, 0]
-        self.next_id[rows] = tokens
-        self.init[rows] = tokens == self.tokens.audio_out_bos
+        scores = sampling.warp(logits, self.slots.temperature[rows], self.slots.top_k[rows], self.slots.top_p[rows])
+        greedy = self.slots.temperature[rows] == 0
+        tokens = sampling.sample(scores, greedy, self.slots.seed[rows], self.slots.counter[rows], sampling.SALT_TEXT)[:, 0]
+        self.slots.next_id[rows] = tokens
+        self.slots.init[rows] = tokens == self.tokens.audio_out_bos
         events = []
         for slot, token in zip(rows.tolist(), tokens.tolist()):
             s = self.streams[slot]
