@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from higgs_audio.api import HiggsAudio, default_max_audio_seconds
+from higgs_audio.api import HiggsAudio
 from higgs_audio.engine import Request
 from higgs_audio.errors import HiggsAudioError
+from higgs_audio.inputs import default_max_audio_seconds
 from higgs_audio.messages import AudioContent, Message
 from higgs_audio.output import decode
 from higgs_audio.prompt import Prompt, Voices, build_context, build_prompt

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from higgs_audio.audio import Tempo
 from higgs_audio.codec import AudioCodec, StreamDecoder
 from higgs_audio.output import ChunkedAudio
+from higgs_audio.results import make_result
 from higgs_audio.server.errors import APIError
 from higgs_audio.server.metrics import Metrics
 from higgs_audio.server.scheduler import Job
@@ -164,7 +165,8 @@ class JobAudio:
             self.job.cancel()
         if self.reason == "timeout":
             raise APIError(504, "the request timed out", code="timeout")
-        result = await run_in_threadpool(self.job.scheduler.api.result, self.job.stream)
+        api = self.job.scheduler.api
+        result = await run_in_threadpool(make_result, self.job.stream, api.codec, api.tokenizer)
         if self.speed != 1.0:
             tempo = Tempo(self.speed, result.sample_rate)
             result.audio = np.concatenate([tempo.process(result.audio), tempo.flush()])
