@@ -31,7 +31,7 @@ from higgs_audio.model.transformer import KVCache
 from higgs_audio.output import FrameAssembler
 from higgs_audio.prefix_cache import BLOCK, PrefixCache
 from higgs_audio.sampling import SamplingParams
-from higgs_audio.text_tokenizer import TextTokenizer
+from higgs_audio.text_tokenizer import SpecialTokens, TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -59,36 +59,20 @@ class Event:
     reason: str | None = None  # kind == "done": "stop" | "length" | "max_audio" | "no_text_head"
 
 
-@dataclass
-class SpecialTokens:
-    audio_in: int
-    audio_out: int
-    audio_out_bos: int
-    audio_eos: int
-    stops: frozenset[int]
-
-    @staticmethod
-    def from_tokenizer(tok: TextTokenizer, cfg: ModelConfig) -> SpecialTokens:
-        found = SpecialTokens(
-            audio_in=tok.token_id("<|AUDIO|>"),
-            audio_out=tok.token_id("<|AUDIO_OUT|>"),
-            audio_out_bos=tok.token_id("<|audio_out_bos|>"),
-            audio_eos=tok.token_id("<|audio_eos|>"),
-            stops=frozenset({tok.token_id("<|eot_id|>"), tok.token_id("<|end_of_text|>")}),
-        )
-        declared = {
-            "audio_in_token_idx": found.audio_in,
-            "audio_out_token_idx": found.audio_out,
-            "audio_out_bos_token_id": found.audio_out_bos,
-            "audio_eos_token_id": found.audio_eos,
-        }
-        for key, value in declared.items():
-            if key in cfg.token_ids and cfg.token_ids[key] != value:
-                raise ValueError(
-                    f"config.json says {key}={cfg.token_ids[key]} but the tokenizer maps it to {value}: "
-                    "the tokenizer files do not belong to this model"
-                )
-        return found
+def _check_token_ids(tokens: SpecialTokens, cfg: ModelConfig) -> None:
+    """The audio token ids config.json declares must be the tokenizer's."""
+    declared = {
+        "audio_in_token_idx": tokens.audio_in,
+        "audio_out_token_idx": tokens.audio_out,
+        "audio_out_bos_token_id": tokens.audio_out_bos,
+        "audio_eos_token_id": tokens.audio_eos,
+    }
+    for key, value in declared.items():
+        if key in cfg.token_ids and cfg.token_ids[key] != value:
+            raise ValueError(
+                f"config.json says {key}={cfg.token_ids[key]} but the tokenizer maps it to {value}: "
+                "the tokenizer files do not belong to this model"
+            )
 
 
 @dataclass(eq=False)
@@ -214,7 +198,8 @@ class BatchDecoder:
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20), directory)
         self.prefill_chunk = prefill_chunk
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
-        self.tokens = SpecialTokens.from_tokenizer(tokenizer, self.cfg)
+        self.tokens = SpecialTokens.of(tokenizer)
+        _check_token_ids(self.tokens, self.cfg)
         param = next(model.parameters())
         self.device, self.dtype = param.device, model.compute_dtype or param.dtype
         self.max_batch, self.max_len = max_batch, max_len

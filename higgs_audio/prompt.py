@@ -16,6 +16,7 @@ import torch
 
 from higgs_audio.messages import AudioContent, ChatMLSample, Message, MessageError, TextContent, coerce_messages
 from higgs_audio.text import speaker_tags as find_speaker_tags
+from higgs_audio.text_tokenizer import SpecialTokens
 from higgs_audio.voices import VoiceProfile, VoiceRef
 
 DEFAULT_SYSTEM = "Generate audio following instruction."
@@ -49,37 +50,6 @@ class Prompt:
     audio: list[PromptAudio]
 
 
-@dataclass(frozen=True)
-class _Specials:
-    begin_of_text: int
-    start_header: int
-    end_header: int
-    eot: int
-    eom: int
-    recipient: int
-    audio_bos: int
-    audio_eos: int
-    audio_out_bos: int
-    audio_in: int
-    audio_out: int
-
-    @classmethod
-    def of(cls, tok: Tokenizer) -> _Specials:
-        return cls(
-            begin_of_text=tok.token_id("<|begin_of_text|>"),
-            start_header=tok.token_id("<|start_header_id|>"),
-            end_header=tok.token_id("<|end_header_id|>"),
-            eot=tok.token_id("<|eot_id|>"),
-            eom=tok.token_id("<|eom_id|>"),
-            recipient=tok.token_id("<|recipient|>"),
-            audio_bos=tok.token_id("<|audio_bos|>"),
-            audio_eos=tok.token_id("<|audio_eos|>"),
-            audio_out_bos=tok.token_id("<|audio_out_bos|>"),
-            audio_in=tok.token_id("<|AUDIO|>"),
-            audio_out=tok.token_id("<|AUDIO_OUT|>"),
-        )
-
-
 def build_prompt(
     messages: ChatMLSample | Sequence[Message | dict] | dict,
     tokenizer: Tokenizer,
@@ -99,7 +69,7 @@ def build_prompt(
     codes is an error rather than a silently shifted binding (§10.23).
     """
     msgs = coerce_messages(messages)
-    sp = _Specials.of(tokenizer)
+    sp = SpecialTokens.of(tokenizer)
     newlines = tokenizer.encode("\n\n")
     ids: list[int] = []
     audio: list[PromptAudio] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from higgs_audio.errors import CheckpointError
@@ -36,3 +37,44 @@ class TextTokenizer:
 
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids of the special tokens that the prompt template (spec §3.2) and the engine use, from the tokenizer."""
+
+    begin_of_text: int
+    start_header: int
+    end_header: int
+    eot: int
+    eom: int
+    end_of_text: int
+    recipient: int
+    audio_bos: int
+    audio_eos: int
+    audio_out_bos: int
+    audio_in: int  # <|AUDIO|>: the placeholder of a user or system clip
+    audio_out: int  # <|AUDIO_OUT|>: of an assistant clip, and the text input of each audio decode step
+
+    @property
+    def stops(self) -> frozenset[int]:
+        """Text tokens that end a generation."""
+        return frozenset({self.eot, self.end_of_text})
+
+    @classmethod
+    def of(cls, tok) -> SpecialTokens:
+        """From ``tok``: anything with ``token_id(string)``, as ``TextTokenizer``."""
+        return cls(
+            begin_of_text=tok.token_id("<|begin_of_text|>"),
+            start_header=tok.token_id("<|start_header_id|>"),
+            end_header=tok.token_id("<|end_header_id|>"),
+            eot=tok.token_id("<|eot_id|>"),
+            eom=tok.token_id("<|eom_id|>"),
+            end_of_text=tok.token_id("<|end_of_text|>"),
+            recipient=tok.token_id("<|recipient|>"),
+            audio_bos=tok.token_id("<|audio_bos|>"),
+            audio_eos=tok.token_id("<|audio_eos|>"),
+            audio_out_bos=tok.token_id("<|audio_out_bos|>"),
+            audio_in=tok.token_id("<|AUDIO|>"),
+            audio_out=tok.token_id("<|AUDIO_OUT|>"),
+        )

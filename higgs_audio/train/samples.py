@@ -29,6 +29,7 @@ from higgs_audio.messages import AudioContent, Message
 from higgs_audio.model.higgs import merge_placeholders
 from higgs_audio.prompt import Tokenizer, build_messages, build_prompt
 from higgs_audio.text import normalize_transcript, speaker_tags
+from higgs_audio.text_tokenizer import SpecialTokens
 from higgs_audio.voices import VoiceRef
 
 POLICIES = ("target", "all")
@@ -75,14 +76,14 @@ def build_sample(messages: list[Message], tokenizer: Tokenizer, cfg: ModelConfig
     prompt = build_prompt(messages, tokenizer, add_generation_prompt=False)
     k, bos, eos = cfg.num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
     blocks = [add_delay_pattern(a.codes[:k].long().cpu(), bos, eos) for a in prompt.audio]
-    audio_in, audio_out = tokenizer.token_id("<|AUDIO|>"), tokenizer.token_id("<|AUDIO_OUT|>")
-    merged = merge_placeholders(prompt.ids, blocks, audio_in, audio_out, k)
+    special = SpecialTokens.of(tokenizer)
+    merged = merge_placeholders(prompt.ids, blocks, special.audio_in, special.audio_out, k)
     spans = _runs(merged.audio)  # one run per clip: clips are always framed by text tokens
     text_labels = torch.full_like(merged.ids, IGNORE)
     audio_labels = torch.full_like(merged.codes, IGNORE)
 
     if policy == "all":
-        keep = ~merged.audio & (merged.ids != tokenizer.token_id("<|audio_out_bos|>"))
+        keep = ~merged.audio & (merged.ids != special.audio_out_bos)
         text_labels[keep] = merged.ids[keep]
         delay = tokenizer.token_id(DELAY_TOKEN)
         for (start, end), clip in zip(spans, prompt.audio):
