@@ -34,7 +34,7 @@ class HiggsAudio(RequestBuilder):
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.decoder = BatchDecoder(model, tokenizer, max_batch=max_batch, max_len=max_len, compile=compile,
                                     prefill_chunk=prefill_chunk, prefix_cache_mb=prefix_cache_mb,
-                                    prefix_cache_dir=prefix_cache_dir)
+                                    prefix_cache_dir=prefix_cache_dir, frame_rate=codec.frame_rate)
         self.runner = Runner(self.decoder)  # the server's scheduler drives it too, from its thread
         self.voice_library = None  # set to a voices.VoiceLibrary to resolve voices by name
         self._lock = threading.Lock()

@@ -35,9 +35,6 @@ from higgs_audio.text_tokenizer import SpecialTokens, TextTokenizer
 
 log = logging.getLogger(__name__)
 
-FRAME_RATE = 25  # audio frames per second of the Higgs audio tokenizer (hop 960 at 24 kHz)
-
-
 @dataclass
 class Request:
     """A prompt (token ids with single audio placeholders) and its audio blocks, in placeholder order."""
@@ -176,6 +173,7 @@ class BatchDecoder:
         prefill_chunk: int | None = None,
         prefix_cache_mb: float = 512,
         prefix_cache_dir: str | os.PathLike | None = None,
+        frame_rate: float | None = None,
     ):
         """``compile``: replay the decode step from CUDA graphs (CUDA only). Shapes are then kept static: every slot
         takes part in each step and attention spans whole ``KV_BUCKET`` blocks. Elsewhere it is ignored with a
@@ -187,7 +185,8 @@ class BatchDecoder:
         per ``step`` instead of all at once in ``add`` (a bounded pause for them, not a whole prompt's).
         ``prefix_cache_mb``: memory for the keys and values of past prompts, reused by requests that start the
         same way (the same voice); 0 turns it off. ``prefix_cache_dir``: also keep them in this folder, which
-        must belong to this model and compute dtype, for later processes."""
+        must belong to this model and compute dtype, for later processes. ``frame_rate``: the codec's audio frames
+        per second, which turns a request's ``max_audio_seconds`` into columns (needed only by such requests)."""
         if fuse and not compile:
             raise ValueError("fuse=True needs compile=True: it fuses the step that CUDA graphs replay")
         if prefill_chunk is not None and prefill_chunk < 1:
@@ -196,7 +195,7 @@ class BatchDecoder:
             raise ValueError(f"prefix_cache_mb must be 0 (off) or more, got {prefix_cache_mb}")
         directory = Path(prefix_cache_dir).expanduser() if prefix_cache_dir is not None and prefix_cache_mb else None
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20), directory)
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk, self.frame_rate = prefill_chunk, frame_rate
         self.model, self.cfg, self.tokenizer = model, model.cfg, tokenizer
         self.tokens = SpecialTokens.of(tokenizer)
         _check_token_ids(self.tokens, self.cfg)
@@ -266,6 +265,8 @@ class BatchDecoder:
         p, t, k = request.params, self.tokens, self.cfg.num_codebooks
         if p.ras_window > self.HISTORY:
             raise ValueError(f"ras_window {p.ras_window} is larger than the supported {self.HISTORY}")
+        if p.max_audio_seconds is not None and self.frame_rate is None:
+            raise ValueError("max_audio_seconds needs the codec's frame rate: make the BatchDecoder with frame_rate")
         ids, blocks = list(request.ids), []
         for codes in request.audio:
             if codes.dim() != 2 or codes.shape[0] < k:
@@ -285,7 +286,7 @@ class BatchDecoder:
         slot = next(i for i in range(self.max_batch) if i not in self.streams)
         stream.slot, stream.merged, stream.forced_audio = slot, merged, forced_audio
         if p.max_audio_seconds is not None:
-            stream.guard_columns = int(p.max_audio_seconds * FRAME_RATE) + k + 1
+            stream.guard_columns = int(p.max_audio_seconds * self.frame_rate) + k + 1
         self.streams[slot] = stream
         stream.prefilled = stream.reused = self.prefixes.reuse(merged, n - 1, self._row(slot))
         if self.prefill_chunk is None:

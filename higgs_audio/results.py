@@ -11,7 +11,7 @@ import torch
 
 from higgs_audio import output
 from higgs_audio.codec import AudioCodec
-from higgs_audio.engine import FRAME_RATE, Stream
+from higgs_audio.engine import Stream
 from higgs_audio.text_tokenizer import TextTokenizer
 
 
@@ -60,7 +60,7 @@ def make_result(stream: Stream, codec: AudioCodec, tokenizer: TextTokenizer, dec
             "prompt_tokens": stream.prompt_len,
             "completion_tokens": stream.steps,
             "audio_frames": codes.shape[1],
-            "audio_seconds": codes.shape[1] / FRAME_RATE,
+            "audio_seconds": codes.shape[1] / codec.frame_rate,
         },
         timings={
             "prefill_s": stream.t_prefill - stream.t0,

@@ -10,6 +10,7 @@ output row (dim 0).
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 from higgs_audio.codec import config as codec_config
 from higgs_audio.codec.config import CodecConfig
 from higgs_audio.errors import CheckpointError
-from higgs_audio.files import read_json
+from higgs_audio.files import read_json, resolve
 
 TRANSFORMERS_MODEL_TYPE = "higgs_audio_v2_tokenizer"
 ORIGINAL_WEIGHTS = "model.pth"
@@ -49,6 +50,11 @@ def read_config(directory: Path) -> tuple[CodecConfig, Path]:
             f"(expected {TRANSFORMERS_MODEL_TYPE!r}, or the original tokenizer's config without model_type)"
         )
     return codec_config.from_original(raw, path), directory / ORIGINAL_WEIGHTS
+
+
+def frame_rate(name_or_path: str | os.PathLike) -> int:
+    """Audio frames per second of a codec checkpoint (a directory or hub id), from its config alone."""
+    return read_config(resolve(name_or_path))[0].frame_rate
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ frames as one stream (``JobAudio`` with ``follow``).
 
 from __future__ import annotations
 
-from higgs_audio.engine import FRAME_RATE
 from higgs_audio.longform import ChunkResult, chunk_request, chunk_seed
 from higgs_audio.output import stack_frames
 from higgs_audio.prompt import build_context
@@ -49,7 +48,7 @@ class LongText:
         done = stack_frames(job.stream.frames, self.service.api.model.cfg.num_codebooks)
         self.spoken = [*self.spoken, ChunkResult(self.pieces[self.index], None, done, job.stream.reason, 0)]
         self.spoken = self.spoken[-CONTEXT_CHUNKS:]
-        self.seconds += done.shape[1] / FRAME_RATE
+        self.seconds += done.shape[1] / self.service.api.codec.frame_rate
         self.index += 1
         if self.index == len(self.pieces) or (self.max_seconds is not None and self.seconds >= self.max_seconds):
             return None

@@ -21,7 +21,7 @@ import time
 from collections import deque
 
 from higgs_audio.api import HiggsAudio
-from higgs_audio.engine import FRAME_RATE, Request, Stream
+from higgs_audio.engine import Request, Stream
 from higgs_audio.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class Scheduler:
         self._live.pop(stream, None)
         job.finished = True
         self.metrics.finished.inc(reason=stream.reason)
-        self.metrics.audio_seconds.inc(len(stream.frames) / FRAME_RATE)
+        self.metrics.audio_seconds.inc(len(stream.frames) / self.api.codec.frame_rate)
         if stream.error is not None:
             log.warning("request %s failed: %s", job.request_id, stream.error)
             job._put("error", stream.error)

@@ -84,6 +84,7 @@ def cmd_finetune(args, library) -> int:
 
 
 def _train(args, say) -> int:
+    from higgs_audio.codec.weights import frame_rate
     from higgs_audio.train.trainer import TrainOptions, prepare_data, summarize, train
 
     opts = TrainOptions(
@@ -99,7 +100,7 @@ def _train(args, say) -> int:
     )
     if args.dry_run:
         clips, durations = prepare_data(opts)
-        print(f"{args.data}: {summarize(clips, durations)}")
+        print(f"{args.data}: {summarize(clips, durations, frame_rate(opts.codec))}")
         return 0
     out = train(opts, say)
     if opts.log:

@@ -23,7 +23,6 @@ import numpy as np
 from higgs_audio.errors import AudioInputError, HiggsAudioError
 from higgs_audio.voices import AUDIO_SUFFIXES
 
-FRAME_RATE = 25  # codec frames per second (the engine's FRAME_RATE, without importing torch)
 SILENCE = 1e-4  # peak amplitude below which a clip counts as silent (-80 dBFS)
 
 
@@ -158,9 +157,10 @@ def check_clips(clips: list[Clip], problems: list[str], max_seconds: float) -> l
     return durations
 
 
-def summarize(clips: list[Clip], durations: list[float]) -> Summary:
+def summarize(clips: list[Clip], durations: list[float], frame_rate: float) -> Summary:
+    """``frame_rate``: the codec's frames per second."""
     seconds = float(sum(durations))
-    return Summary(len(clips), seconds, len({c.speaker for c in clips}), int(round(seconds * FRAME_RATE)))
+    return Summary(len(clips), seconds, len({c.speaker for c in clips}), int(round(seconds * frame_rate)))
 
 
 def encode_clips(clips: list[Clip], codec, cache_dir: str | os.PathLike | None = None, progress: bool = False):

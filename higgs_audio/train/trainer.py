@@ -174,6 +174,7 @@ def train(opts: TrainOptions, say=lambda msg: None) -> Path:
     """Run (or resume) a fine-tuning run; returns the output folder holding the final adapter."""
     from higgs_audio.checkpoint import load_model
     from higgs_audio.codec.codec import AudioCodec
+    from higgs_audio.codec.weights import frame_rate
     from higgs_audio.text_tokenizer import TextTokenizer
     from higgs_audio.train import adapter as lora
     from higgs_audio.train.objective import (
@@ -188,7 +189,7 @@ def train(opts: TrainOptions, say=lambda msg: None) -> Path:
     clips, durations = prepare_data(opts)
     out = check_output(opts)
     device = place.device
-    say(f"data: {summarize(clips, durations)}")
+    say(f"data: {summarize(clips, durations, frame_rate(opts.codec))}")
 
     # Frozen base weights in bf16 on GPUs (computed under bf16 autocast), fp32 on CPUs; adapters in fp32.
     model, cfg, directory = load_model(opts.model, device=device,
