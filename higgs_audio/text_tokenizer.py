@@ -64,17 +64,12 @@ class SpecialTokens:
     @classmethod
     def of(cls, tok) -> SpecialTokens:
         """From ``tok``: anything with ``token_id(string)``, as ``TextTokenizer``."""
-        return cls(
-            begin_of_text=tok.token_id("<|begin_of_text|>"),
-            start_header=tok.token_id("<|start_header_id|>"),
-            end_header=tok.token_id("<|end_header_id|>"),
-            eot=tok.token_id("<|eot_id|>"),
-            eom=tok.token_id("<|eom_id|>"),
-            end_of_text=tok.token_id("<|end_of_text|>"),
-            recipient=tok.token_id("<|recipient|>"),
-            audio_bos=tok.token_id("<|audio_bos|>"),
-            audio_eos=tok.token_id("<|audio_eos|>"),
-            audio_out_bos=tok.token_id("<|audio_out_bos|>"),
-            audio_in=tok.token_id("<|AUDIO|>"),
-            audio_out=tok.token_id("<|AUDIO_OUT|>"),
-        )
+        return cls(**{name: tok.token_id(token) for name, token in _SPECIAL_TOKENS.items()})
+
+
+_SPECIAL_TOKENS = {
+    "begin_of_text": "<|begin_of_text|>", "start_header": "<|start_header_id|>", "end_header": "<|end_header_id|>",
+    "eot": "<|eot_id|>", "eom": "<|eom_id|>", "end_of_text": "<|end_of_text|>", "recipient": "<|recipient|>",
+    "audio_bos": "<|audio_bos|>", "audio_eos": "<|audio_eos|>", "audio_out_bos": "<|audio_out_bos|>",
+    "audio_in": "<|AUDIO|>", "audio_out": "<|AUDIO_OUT|>",
+}
