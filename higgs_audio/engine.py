@@ -491,12 +491,12 @@ class BatchDecoder:
     def _text_step(self, rows: torch.Tensor, h: torch.Tensor) -> list[Event]:
         if self.model.text_head is None:
             return [Event(slot, "done", reason="no_text_head") for slot in rows.tolist()]
-        logits = self.model.text_logits(h)[:, None]
-        scores = sampling.warp(logits, self.slots.temperature[rows], self.slots.top_k[rows], self.slots.top_p[rows])
-        greedy = self.slots.temperature[rows] == 0
-        tokens = sampling.sample(scores, greedy, self.slots.seed[rows], self.slots.counter[rows], sampling.SALT_TEXT)[:, 0]
-        self.slots.next_id[rows] = tokens
-        self.slots.init[rows] = tokens == self.tokens.audio_out_bos
+        logits, slots = self.model.text_logits(h)[:, None], self.slots
+        scores = sampling.warp(logits, slots.temperature[rows], slots.top_k[rows], slots.top_p[rows])
+        greedy = slots.temperature[rows] == 0
+        tokens = sampling.sample(scores, greedy, slots.seed[rows], slots.counter[rows], sampling.SALT_TEXT)[:, 0]
+        slots.next_id[rows] = tokens
+        slots.init[rows] = tokens == self.tokens.audio_out_bos
         events = []
         for slot, token in zip(rows.tolist(), tokens.tolist()):
             s = self.streams[slot]
