@@ -114,16 +114,15 @@ class HiggsAudio(RequestBuilder):
         with self._lock:
             pending = list(streams)
             try:
-                while pending or self.runner.live:
+                while any(s.t_end is None for s in streams):
                     while pending and self.runner.free_slots():
                         self.runner.admit(pending.pop(0))
-                    self.runner.step()
+                    for update in self.runner.step():
+                        if update.stream.error is not None:
+                            raise update.stream.error
             finally:
                 for s in streams:
-                    self.runner.end(s, "cancelled")  # after an error: free the slots of the others
-        failed = next((s.error for s in streams if s.error is not None), None)
-        if failed is not None:
-            raise failed
+                    self.runner.end(s, "cancelled")  # after an error: free the other streams' slots
         return [make_result(s, self.codec, self.tokenizer, decode) for s in streams]
 
     def stream(self, text: str | None = None, *, chunk_frames: int = 10, **kwargs) -> Iterator[np.ndarray]:
@@ -136,13 +135,13 @@ class HiggsAudio(RequestBuilder):
             try:
                 while stream.t_end is None:
                     for update in self.runner.step():
+                        if update.stream.error is not None:
+                            raise update.stream.error
                         chunk = audio.push(update.frames, update.ended) if update.stream is stream else []
                         if len(chunk):
                             yield chunk
             finally:
                 self.runner.end(stream, "cancelled")
-        if stream.error is not None:
-            raise stream.error
         tail = audio.flush()
         if len(tail):
             yield tail

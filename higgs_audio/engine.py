@@ -35,6 +35,7 @@ from higgs_audio.text_tokenizer import SpecialTokens, TextTokenizer
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Request:
     """A prompt (token ids with single audio placeholders) and its audio blocks, in placeholder order."""
@@ -119,7 +120,7 @@ class SlotState:
     next_audio: torch.Tensor  # the next input is an audio column
     init: torch.Tensor  # the next input is <|audio_out_bos|>: emit the all-bos column (AUDIO_INIT)
     active: torch.Tensor  # the slot decodes
-    num_delay: torch.Tensor  # delay-pattern state of the current audio segment (sampling.apply_delay_constraints)
+    num_delay: torch.Tensor  # delay-pattern state of the current audio segment (delay.apply_delay_constraints)
     remaining: torch.Tensor
     history: torch.Tensor  # (B, K, HISTORY) the last audio-out columns, for RAS; -1 where none
     seed: torch.Tensor  # sampling: keyed RNG (seed, counter) and the request's settings

@@ -21,7 +21,7 @@ class GenerationResult:
     sample_rate: int
     codes: torch.Tensor  # (K, T) audio codes of every generated segment, joined
     text: str  # text the model generated besides audio (special tokens removed)
-    text_ids: list[int]  # the generated text tokens, special ones included
+    text_ids: list[int]  # the generated text tokens, special ones included (<|audio_eos|> after each audio segment)
     finish_reason: str  # stop | length | max_audio | no_text_head
     usage: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)

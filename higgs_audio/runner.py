@@ -23,7 +23,7 @@ class Update:
 
     stream: Stream
     frames: list[torch.Tensor] = field(default_factory=list)  # (K,) code frames completed, on the CPU
-    text: list[int] = field(default_factory=list)  # its new text ids
+    text: int = 0  # new text ids: the last ``text`` of ``stream.text_ids``
     ended: bool = False  # ``stream.reason`` says how; ``stream.error`` is set when a step failed
 
 
@@ -76,7 +76,7 @@ class Runner:
                 s.reason, s.t_end, update.ended = event.reason, time.perf_counter(), True
             s.steps += event.kind != "done"
         for slot, update in updates.items():
-            update.text = update.stream.text_ids[text_before[slot]:]
+            update.text = len(update.stream.text_ids) - text_before[slot]
         return list(updates.values())
 
     def end(self, stream: Stream, reason: str) -> None:

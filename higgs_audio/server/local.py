@@ -64,26 +64,12 @@ class LocalBackend:
                 yield Chunk(await audio.whole())
             else:
                 await audio.started()
-                async for chunk in self._chunks(audio):
-                    yield chunk
+                async for wave, words in audio.stream():
+                    yield Chunk(wave, words)
         finally:
             audio.job.cancel()  # no-op when it finished; frees the slot when the reader went away
         prompt_tokens, steps = audio.usage()
         yield Finish(audio.reason, prompt_tokens, steps)
-
-    async def _chunks(self, audio: JobAudio) -> AsyncIterator[Chunk]:
-        """Audio chunks with the words of the text answer that came with them (decoded whole each time, as
-        a token may end inside a character)."""
-        tokenizer, text_ids, said = self.service.api.tokenizer, [], ""
-        async for wave, new_ids in audio.stream():
-            delta = ""
-            if new_ids:
-                text_ids += new_ids
-                text = tokenizer.decode(text_ids, skip_special_tokens=True)
-                if not text.endswith("\ufffd") and text.startswith(said) and text != said:
-                    delta, said = text[len(said):], text
-            if len(wave) or delta:
-                yield Chunk(wave, delta)
 
     async def _builder(self, work: Work):
         """(a function building the engine request off the event loop, the ``follow`` of a text spoken in

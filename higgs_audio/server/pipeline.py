@@ -83,6 +83,7 @@ class JobAudio:
         self.job, self.batcher, self.speed, self.chunk_frames = job, batcher, speed, chunk_frames
         self.follow = follow
         self._earlier = (0, 0)  # usage of the chunks before this job
+        self._seen, self._said = 0, ""  # the job's text ids delivered so far, and their text sent
         self._first = None  # an item read ahead by ``started``
 
     @property
@@ -114,31 +115,40 @@ class JobAudio:
                 following = await self.follow(self.job)
                 if following is not None:
                     self._earlier, self.job = self.usage(), following
+                    self._seen, self._said = 0, ""
                     continue
                 batch = [("done", ended)]
             yield batch
             if any(kind in ("done", "error") for kind, _ in batch):
                 return
 
-    @staticmethod
-    def _take(batch, frames: list[torch.Tensor], text: list[int]) -> None:
+    def _take(self, batch) -> tuple[list[torch.Tensor], str]:
+        """The new frames of ``batch`` and the words of the text answer its text ids complete (the ids so far
+        are decoded whole each time, as a token may end inside a character)."""
+        frames, seen = [], self._seen
         for kind, payload in batch:
             if kind == "frames":
                 frames.extend(payload)
             elif kind == "text":
-                text.extend(payload)
+                self._seen += payload
             elif kind == "error":
                 raise _failure(payload)
+        if self._seen == seen:
+            return frames, ""
+        text = self.job.scheduler.api.tokenizer.decode(self.job.stream.text_ids[:self._seen], skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(self._said) or text == self._said:
+            return frames, ""
+        delta, self._said = text[len(self._said):], text
+        return frames, delta
 
-    async def stream(self) -> AsyncIterator[tuple[np.ndarray, list[int]]]:
-        """Yield (audio chunk, new text ids) as they become available; cancels the job if abandoned."""
+    async def stream(self) -> AsyncIterator[tuple[np.ndarray, str]]:
+        """Yield (audio chunk, new words of the text answer) as they become available; cancels the job if
+        abandoned."""
         audio = ChunkedAudio(self.batcher.codec, self.chunk_frames)
         tempo = Tempo(self.speed, self.batcher.codec.sample_rate) if self.speed != 1.0 else None
         try:
             async for batch in self._items():
-                frames: list[torch.Tensor] = []
-                new_text: list[int] = []
-                self._take(batch, frames, new_text)
+                frames, words = self._take(batch)
                 end = any(kind == "done" for kind, _ in batch)
                 codes = audio.take(frames, end)
                 wave = np.zeros(0, dtype=np.float32) if codes is None else await self.batcher.push(audio.decoder, codes)
@@ -147,8 +157,8 @@ class JobAudio:
                 if tempo is not None:
                     wave = np.concatenate([tempo.process(wave), tempo.flush() if end else wave[:0]])
                 audio.heard(wave)
-                if len(wave) or new_text:
-                    yield wave, new_text
+                if len(wave) or words:
+                    yield wave, words
         finally:
             self.job.cancel()  # no-op when it finished; frees the slot when the client went away
 
@@ -156,11 +166,11 @@ class JobAudio:
         """Wait for the job to end, then decode it whole.
         Returns the engine's ``GenerationResult`` (audio already at ``speed``)."""
         try:
-            while True:  # the job's stream record keeps its frames and text: only wait for its end
-                item, self._first = self._first or await self.job.next(), None
-                self._take([item], [], [])
-                if item[0] == "done":
-                    break
+            kind = None
+            while kind != "done":  # the job's stream record keeps its frames and text: wait for its end
+                (kind, payload), self._first = self._first or await self.job.next(), None
+                if kind == "error":
+                    raise _failure(payload)
         finally:
             self.job.cancel()
         if self.reason == "timeout":

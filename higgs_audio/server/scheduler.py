@@ -35,8 +35,8 @@ class Job:
     """The server's side of one request: its deadline and the queue its handler reads; ``stream`` is the
     request's record (frames, text ids, how it ended, timings).
 
-    Items put on ``items``: ``("frames", [tensor (K,), ...])``, ``("text", [token ids])``,
-    ``("done", reason)`` or ``("error", exception)``; ``done`` and ``error`` are last.
+    Items put on ``items``: ``("frames", [tensor (K,), ...])``, ``("text", n)`` (n more ids in
+    ``stream.text_ids``), ``("done", reason)`` or ``("error", exception)``; ``done`` and ``error`` are last.
     """
 
     def __init__(self, scheduler: Scheduler, stream: Stream, loop: asyncio.AbstractEventLoop, deadline: float,

@@ -146,3 +146,14 @@ def test_a_prompt_longer_than_the_cache_is_a_400(server):
         health = c.get("/health").json()
     assert r.status_code == 400 and "at most 40.6 s" in r.json()["error"]["message"], r.text
     assert health["active"] == 0 and health["queued"] == 0
+
+
+def test_streamed_text_deltas_add_up_to_the_whole_answer(server):
+    """A text answer (no forced audio) streams as content deltas that join to the non-streamed content."""
+    client = openai_client(server)
+    kwargs = dict(model="higgs-audio-v2", messages=SMART_VOICE[1:], modalities=["text"], temperature=1.0,
+                  extra_body={"seed": 5}, max_completion_tokens=24)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        stream=True, **kwargs) if chunk.choices)
+    assert whole and streamed == whole
