@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "higgs_audio"
 ABOVE_MODEL_AND_CODEC = ("api", "cli", "server", "cluster", "train", "voices", "prompt", "longform", "engine",
-                         "serve_engine", "scenes", "options")
+                         "serve_engine", "scenes", "options", "runner", "output", "inputs", "results")
 
 
 def _graph() -> dict[str, set[str]]:
