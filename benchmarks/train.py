@@ -78,7 +78,7 @@ def main() -> None:
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     directory = _weights(args)
     start = time.perf_counter()
-    model, cfg, _ = load_model(directory, device=device, dtype=dtype)
+    model, cfg, _ = load_model(directory, device=device, dtype=dtype, fuse=False)  # LoRA adapts each projection
     loaded = time.perf_counter() - start
     tok = TextTokenizer(directory)
     frames = int(args.seconds * 25)

@@ -16,16 +16,19 @@ from higgs_audio.config import ModelConfig
 from higgs_audio.device import pick_device, pick_dtype
 from higgs_audio.errors import CheckpointError
 from higgs_audio.files import read_json, resolve
+from higgs_audio.lora import apply_updates, read_adapter
 from higgs_audio.model import cpu_kernels
 from higgs_audio.model.higgs import HiggsAudioModel
 from higgs_audio.model.quantize import (
     MODES,
     compact_linears,
     cpu_has_native_bf16,
+    join_fields,
     quantize_linears,
     quantized_class,
     replace_linears,
 )
+from higgs_audio.model.transformer import RMSNorm, fuse_projections
 
 # --- generation model weights -------------------------------------------------------------------
 
@@ -209,9 +212,16 @@ def read_quantization(directory: Path) -> dict | None:
     return meta
 
 
-def _load_quantized(directory: Path, cfg, meta: dict, device: torch.device, storage: torch.dtype) -> nn.Module:
+def _joined_linear(parts: list[nn.Linear]) -> nn.Linear:
+    """An empty (meta) linear layer whose outputs are ``parts``' outputs concatenated."""
+    return nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=False, device="meta")
+
+
+def _load_quantized(directory: Path, cfg, meta: dict, device: torch.device, storage: torch.dtype,
+                    fuse: bool) -> nn.Module:
     """Build the model from a quantized checkpoint (``meta``: its ``read_quantization``), strictly: every key,
-    shape and quantized dtype is checked."""
+    shape and quantized dtype is checked. ``fuse``: join projections (``fuse_projections``) from the stored
+    separate ones."""
     mode = meta["mode"]
     cls = quantized_class(mode)
     packed_int8 = mode == "int8" and meta["format"] >= 2  # see Int8Linear.saved
@@ -224,13 +234,18 @@ def _load_quantized(directory: Path, cfg, meta: dict, device: torch.device, stor
     check_tensors(source, {**dense, **{k: shape for k, (shape, _) in specs.items()}}, directory)
     model.load_state_dict({k: source.get(k).to(device=device, dtype=storage) for k in dense}, strict=False,
                           assign=True)
+    # Packed int8 weights join along their blocks of rows only when every part is packed (or none is).
+    same_order = (lambda names: len({cpu_kernels.fits(*linears[n]) for n in names}) == 1) if packed_int8 else None
+    joined = fuse_projections(model, _joined_linear, same_order) if fuse else {}
 
     # Read into memory on a CPU, not mapped: int8 decode from mapped pages was 18-25 % slower (4 KB pages),
     # and mapped pages stay in the resident set as long as the file is open. Two readers: most of a read is
     # page faults on the fresh memory, which each thread takes on its own core. They keep a few tensors ahead
     # of the layers being built, not all: a layer that copies its tensors (no CPU kernel) would hold both.
     pool = ThreadPoolExecutor(2) if device.type == "cpu" else None
-    order, reads = list(specs), {}  # specs follow the modules' order, as replace_linears visits them
+    parts = {n: joined.get(n, (n,)) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    order = [f"{part}.{field}" for names in parts.values() for part in names for field in cls.FIELDS]
+    reads = {}  # in the order replace_linears visits the modules
 
     def take(key: str) -> torch.Tensor:
         if pool is None:
@@ -241,7 +256,7 @@ def _load_quantized(directory: Path, cfg, meta: dict, device: torch.device, stor
                 reads[ahead] = pool.submit(source.read, ahead)
         return reads.pop(key).result()
 
-    def read(name: str, linear: nn.Linear) -> nn.Module:
+    def fields_of(name: str) -> dict[str, torch.Tensor]:
         fields = {}
         for field in cls.FIELDS:
             key = f"{name}.{field}"
@@ -250,7 +265,11 @@ def _load_quantized(directory: Path, cfg, meta: dict, device: torch.device, stor
             if tensor.dtype != dtype:
                 raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
             fields[field] = tensor.to(device)
-        if packed_int8 and cpu_kernels.fits(*linears[name]):
+        return fields
+
+    def read(name: str, linear: nn.Linear) -> nn.Module:
+        fields = join_fields(cls, [fields_of(part) for part in parts[name]])
+        if packed_int8 and cpu_kernels.fits(*linears[parts[name][0]]):
             return cls.from_tensors(**fields, packed=True)
         return cls.from_tensors(**fields)
 
@@ -267,14 +286,16 @@ _READ_AHEAD = 8  # quantized tensors read ahead of the layer being built (a few 
 
 
 def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", quantize: str | None = None,
-               progress: bool = False, adapter: str | os.PathLike | None = None):
+               progress: bool = False, adapter: str | os.PathLike | None = None, fuse: bool = True):
     """Load the generation model strictly. Returns (model, config, directory).
 
     ``dtype`` is the compute dtype. ``auto`` on a CPU keeps the weights in bf16 (half the memory and
     bandwidth) while computing in fp32; ``quantize`` ("int8" or "int4") stores linear weights quantized.
     A checkpoint written by ``higgs-audio quantize`` loads as it was quantized. ``progress`` shows a bar
     while quantizing at load (a minute or more on a CPU). ``adapter``: a LoRA adapter folder (``higgs-audio
-    finetune``), merged into the weights as they load.
+    finetune``), merged into the weights as they load. ``fuse``: q/k/v and gate/up become one matmul each
+    (``fuse_projections``), joined from the checkpoint's separate weights; off where the separate modules are
+    needed by name (training's LoRA layers, writing a quantized copy).
     """
     directory = resolve(name_or_path)
     config_path = directory / "config.json"
@@ -293,19 +314,27 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
         if adapter is not None:
             raise CheckpointError(f"{directory} is quantized and an adapter cannot be merged into it: merge the "
                                   "adapter into the original checkpoint ('higgs-audio finetune merge'), then quantize")
-        model = _load_quantized(directory, cfg, saved, device, storage)
+        model = _load_quantized(directory, cfg, saved, device, storage, fuse)
     else:
         source = TensorSource(safetensors_files(directory), cfg.source_format)
         # The native converter drops the text head unless asked to keep it; without it we can still speak.
         with torch.device("meta"):
             model = HiggsAudioModel(cfg, text_head="text_head.weight" in source.parts)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        check_tensors(source, expected, directory)
-        state = {name: source.get(name).to(device=device, dtype=storage) for name in expected}
-        if adapter is not None:
-            from higgs_audio.lora import apply_updates, read_adapter
-
-            apply_updates(state, read_adapter(adapter), str(directory))
+        check_tensors(source, {k: tuple(v.shape) for k, v in model.state_dict().items()}, directory)
+        joined = fuse_projections(model, _joined_linear) if fuse else {}
+        parts = {f"{name}.weight": [f"{part}.weight" for part in names] for name, names in joined.items()}
+        updates = read_adapter(adapter) if adapter is not None else {}
+        state = {}
+        for name in model.state_dict():
+            if name not in parts:
+                state[name] = source.get(name).to(device=device, dtype=storage)
+                continue
+            # Read into memory, not mapped: the parts are copied into the joined tensor, and mapped pages
+            # would stay resident beside it. Adapters update the separate weights they were trained on.
+            separate = {part: source.read(part).to(device=device, dtype=storage) for part in parts[name]}
+            apply_updates(separate, {p: updates.pop(p) for p in parts[name] if p in updates}, str(directory))
+            state[name] = torch.cat(list(separate.values()))
+        apply_updates(state, updates, str(directory))
         if quantize:
             # Tensors read on the CPU are views of the memory-mapped files, and one live view keeps its whole
             # file mapped. Copy what stays in float so each shard is unmapped once its linears are quantized.
@@ -319,4 +348,7 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
             compact_linears(model, native=device.type != "cpu" or cpu_has_native_bf16())
     model.reset_buffers(device)
     model.compute_dtype = compute
+    for norm in model.modules():  # the same values (bf16 widens exactly); fp32 norms scale in the same kernel
+        if isinstance(norm, RMSNorm) and compute == torch.float32:
+            norm.weight.data = norm.weight.data.float()
     return model.eval().requires_grad_(False), cfg, directory

@@ -95,8 +95,9 @@ def save_quantized(model_name: str | os.PathLike, out: str | os.PathLike, mode: 
         raise CheckpointError(f"{source} is already quantized; quantize the original (float) checkpoint instead")
     if source.resolve() == out.resolve():
         raise CheckpointError(f"{out} is the source checkpoint itself; write the quantized copy elsewhere")
-    # bf16 on the CPU: the checkpoint's tensors stay memory-mapped, nothing is converted twice.
-    model, _, _ = load_model(source, device="cpu", dtype="bfloat16")
+    # bf16 on the CPU: the checkpoint's tensors stay memory-mapped, nothing is converted twice. Unfused: the copy
+    # stores the official separate projections (joined again when it loads).
+    model, _, _ = load_model(source, device="cpu", dtype="bfloat16", fuse=False)
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     tensors: dict[str, torch.Tensor] = {}
     for name, linear in tqdm(linears, desc=f"quantizing to {mode}", unit="layer", disable=not progress,

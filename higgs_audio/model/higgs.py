@@ -12,6 +12,7 @@ from higgs_audio.model.transformer import (
     AudioSelect,
     DecoderLayer,
     KVCache,
+    Pass,
     RMSNorm,
     attention_bias,
     rope_cos_sin,
@@ -126,16 +127,16 @@ class HiggsAudioModel(nn.Module):
         hidden states nothing reads) None, and the last layer stops at its keys and values (3 % of the work).
         """
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
-        bias = attention_bias(positions, kv_len, x.dtype)
+        p = Pass.over(self.cfg, cos, sin, attention_bias(positions, kv_len, x.dtype), positions, cache)
         if cache is not None:
             cache.mark_audio(positions, audio)
         *layers, last = self.layers
         for i, layer in enumerate(layers):
-            x = layer(x, audio, cos, sin, positions, cache, i, bias)
+            x = layer(x, audio, p, i)
         if keys_values_only:
-            last.write_keys_values(x, audio, cos, sin, positions, cache, len(layers))
+            last.write_keys_values(x, audio, p, len(layers))
             return None
-        return self.norm(last(x, audio, cos, sin, positions, cache, len(layers), bias))
+        return self.norm(last(x, audio, p, len(layers)))
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.text_head is None:

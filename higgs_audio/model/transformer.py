@@ -2,12 +2,16 @@
 
 Audio positions are selected by ``audio``: ``False`` (every position is text), ``True`` (every position is
 audio) or a bool tensor (B, L) for mixed inputs. The uniform cases keep shapes static for compiled decode.
+
+Projections that read the same input are built separately, under the checkpoint's names, and joined into one
+matmul by ``fuse_projections`` when the model loads for inference (q/k/v, gate/up): fewer, larger matmuls.
+Training keeps them separate (LoRA adapts each, under the port's names).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,20 +30,29 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # scaling before or after rounding is the same in fp32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in fp32, cast back, then scale: the reference's order (spec §2.2). F.rms_norm computes in
         # fp32 and rounds once, so it does the first two in one kernel (on CUDA) instead of six.
         return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)
 
 
 class MLP(nn.Module):
+    FUSED = {"gate_up_proj": ("gate_proj", "up_proj")}  # see fuse_projections
+
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
+        self.register_module("gate_up_proj", None)  # first: once joined, it takes its parts' place in the order
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -69,8 +82,8 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.d
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1): the sign lives in ``signed_sin``
     (negation is exact, so the products are the reference's), leaving one roll instead of a chunk, a
-    negation and a concatenation."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    negation and a concatenation, and the product and sum in one kernel."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 def attention_bias(positions: torch.Tensor, kv_len: int, dtype: torch.dtype) -> torch.Tensor:
@@ -106,11 +119,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        idx = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        self.k[layer].scatter_(2, idx, k)
-        self.v[layer].scatter_(2, idx, v)
-
     def mark_audio(self, positions: torch.Tensor, audio: AudioSelect) -> None:
         # A bool is filled on the device: copying it from the host could not be captured in a CUDA graph.
         flags = audio if isinstance(audio, torch.Tensor) else torch.full_like(positions, audio, dtype=torch.bool)
@@ -118,53 +126,92 @@ class KVCache:
         self.audio.scatter_(1, positions, flags)
 
 
+@dataclass
+class Pass:
+    """What every layer of one forward pass shares, computed once for the pass: RoPE's cos and signed sin, the
+    additive attention bias (B, 1, L, kv_len), and with a cache each layer's keys and values, (B, kv_heads,
+    max_len, head_dim) views of the cache, and where the positions' keys and values go in them."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    bias: torch.Tensor
+    cache: KVCache | None = None
+    keys: tuple[torch.Tensor, ...] = ()
+    values: tuple[torch.Tensor, ...] = ()
+    slots: torch.Tensor | None = None  # (B, kv_heads, L, head_dim) scatter index along the cache's positions
+
+    @staticmethod
+    def over(cfg: ModelConfig, cos, sin, bias, positions: torch.Tensor, cache: KVCache | None) -> Pass:
+        if cache is None:
+            return Pass(cos, sin, bias)
+        slots = positions[:, None, :, None].expand(-1, cfg.num_kv_heads, -1, cfg.head_dim)
+        # One view per layer, made here once: indexing each layer's would be two operators per layer and pass.
+        return Pass(cos, sin, bias, cache, cache.k.unbind(), cache.v.unbind(), slots)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store a layer's new keys and values (B, kv_heads, L, head_dim); returns the layer's attended ones
+        (rows whose positions lie past the attended length, idle slots, are written but not read)."""
+        keys, values = self.keys[layer], self.values[layer]
+        keys.scatter_(2, self.slots, k)
+        values.scatter_(2, self.slots, v)
+        kv_len = self.bias.shape[-1]
+        return keys[:, :, :kv_len], values[:, :, :kv_len]
+
+
 class Attention(nn.Module):
+    FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}  # see fuse_projections
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.register_module("qkv_proj", None)  # first: once joined, it takes its parts' place in the order
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, positions, cache: KVCache | None, layer: int, bias: torch.Tensor) -> torch.Tensor:
+    def _queries_keys_values(self, x: torch.Tensor, p: Pass):
+        """q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim), views of one tensor or two."""
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_proj is None:
+            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
+        else:
+            qkv = self.qkv_proj(x)
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        qk, v = qkv.view(b, n, -1, self.head_dim).transpose(1, 2).split((heads + kv_heads, kv_heads), dim=1)
         # Queries and keys rotate together: one set of RoPE kernels instead of two.
-        qk = _apply_rope(torch.cat((q, k), dim=2).transpose(1, 2), cos, sin)
-        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        if cache is None:  # training: the whole sequence in one pass, nothing kept (autograd needs no in-place)
-            keys, values = k, v
-        else:
-            cache.write(layer, positions, k, v)
-            kv_len = bias.shape[-1]
-            keys, values = cache.k[layer, :, :, :kv_len], cache.v[layer, :, :, :kv_len]
-        if n == 1:
-            out = self._decode_attention(q, keys, values, bias)
-        else:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+        q, k = _apply_rope(qk, p.cos, p.sin).split((heads, kv_heads), dim=1)
+        return q, k, v
 
-    def write_keys_values(self, x, cos, sin, positions, cache: KVCache, layer: int) -> None:
-        """Only what ``forward`` writes into the cache for x, computed as it does (the same values)."""
+    def forward(self, x: torch.Tensor, p: Pass, layer: int) -> torch.Tensor:
         b, n, _ = x.shape
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        cache.write(layer, positions, _apply_rope(k, cos, sin), v)
+        q, k, v = self._queries_keys_values(x, p)
+        # Training: the whole sequence in one pass, nothing kept (autograd needs no in-place).
+        keys, values = (k, v) if p.cache is None else p.write(layer, k, v)
+        if n == 1:
+            out = self._decode_attention(q, keys, values, p.bias)
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=p.bias, enable_gqa=True)
+            out = out.transpose(1, 2)
+        return self.o_proj(out.reshape(b, n, -1))
+
+    def write_keys_values(self, x: torch.Tensor, p: Pass, layer: int) -> None:
+        """Only what ``forward`` writes into the cache for x, computed as it does (the same values)."""
+        _, k, v = self._queries_keys_values(x, p)
+        p.write(layer, k, v)
 
     def _decode_attention(self, q, keys, values, bias) -> torch.Tensor:
         """Attention of one query per row, each key/value head serving its group of query heads in one batched
         matmul: SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
-        bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32."""
+        bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32. Returns (B, heads, 1,
+        head_dim) or a view of the same values as (B, 1, heads, head_dim) (one query: the same order)."""
         if cpu_kernels.attends(q, keys, values):
             return cpu_kernels.decode_attention(q, keys, values, bias, self.head_dim**-0.5)
         b, kv_heads = q.shape[0], keys.shape[1]
         grouped = q.reshape(b, kv_heads, self.num_heads // kv_heads, self.head_dim)
         scores = torch.add(bias, grouped @ keys.transpose(-1, -2), alpha=self.head_dim**-0.5)
-        probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-        return (probs @ values).view(b, self.num_heads, 1, self.head_dim)
+        probs = scores.softmax(-1, dtype=torch.float32)
+        return (probs if probs.dtype == q.dtype else probs.to(q.dtype)) @ values
 
 
 def _by_position(x: torch.Tensor, audio: AudioSelect, text_fn, audio_fn) -> torch.Tensor:
@@ -199,19 +246,18 @@ class DecoderLayer(nn.Module):
             self.audio_input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.audio_post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache | None, layer: int, bias
-                ) -> torch.Tensor:
+    def forward(self, x, audio: AudioSelect, p: Pass, layer: int) -> torch.Tensor:
         if self.fast_forward:
             if audio is True:
                 return x
-            keys_audio = audio if cache is None else cache.audio[:, : bias.shape[-1]]
-            bias = bias.masked_fill(keys_audio[:, None, None, :], -math.inf)
-            out = self._text_layer(x, cos, sin, positions, cache, layer, bias)
+            keys_audio = audio if p.cache is None else p.cache.audio[:, : p.bias.shape[-1]]
+            p = replace(p, bias=p.bias.masked_fill(keys_audio[:, None, None, :], -math.inf))
+            out = self._text_layer(x, p, layer)
             return out if audio is False else torch.where(audio[..., None], x, out)
         if not self.dual:
-            return self._text_layer(x, cos, sin, positions, cache, layer, bias)
+            return self._text_layer(x, p, layer)
         h = _by_position(x, audio, self.input_layernorm, self.audio_input_layernorm)
-        x = x + self.self_attn(h, cos, sin, positions, cache, layer, bias)
+        x = x + self.self_attn(h, p, layer)
         return x + _by_position(
             x,
             audio,
@@ -219,7 +265,7 @@ class DecoderLayer(nn.Module):
             lambda z: self.audio_mlp(self.audio_post_attention_layernorm(z)),
         )
 
-    def write_keys_values(self, x, audio: AudioSelect, cos, sin, positions, cache: KVCache, layer: int) -> None:
+    def write_keys_values(self, x, audio: AudioSelect, p: Pass, layer: int) -> None:
         """Only what ``forward`` writes into the cache for x."""
         if self.fast_forward and audio is True:
             return
@@ -227,8 +273,26 @@ class DecoderLayer(nn.Module):
             h = self.input_layernorm(x)
         else:
             h = _by_position(x, audio, self.input_layernorm, self.audio_input_layernorm)
-        self.self_attn.write_keys_values(h, cos, sin, positions, cache, layer)
+        self.self_attn.write_keys_values(h, p, layer)
 
-    def _text_layer(self, x, cos, sin, positions, cache, layer, bias) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, layer, bias)
+    def _text_layer(self, x, p: Pass, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), p, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def fuse_projections(model: nn.Module, join, can_join=None) -> dict[str, tuple[str, ...]]:
+    """Replace the projections of each ``Attention`` and ``MLP`` that read the same input (their ``FUSED``) by
+    one module, ``join(parts)`` over the separate modules in output order (the outputs concatenate). Returns
+    {joined module name: its parts' names}. ``can_join(part names)``: False keeps that group separate."""
+    joined = {}
+    for owner_name, owner in list(model.named_modules()):
+        for fused, parts in getattr(owner, "FUSED", {}).items():
+            prefix = f"{owner_name}." if owner_name else ""
+            names = tuple(prefix + part for part in parts)
+            if can_join is not None and not can_join(names):
+                continue
+            setattr(owner, fused, join([getattr(owner, part) for part in parts]))
+            for part in parts:
+                delattr(owner, part)
+            joined[prefix + fused] = names
+    return joined

@@ -32,6 +32,10 @@ def inject(model: torch.nn.Module, preset: str, rank: int | None = None, alpha: 
     from peft import LoraConfig, inject_adapter_in_model
 
     spec = PRESETS[preset]
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in spec["targets"] if not any(name.endswith(t) for name in names)]
+    if missing:  # peft adapts whatever matches and says nothing of the rest
+        raise ValueError(f"the model has no {missing[0]!r} layers to adapt: load it with fuse=False")
     config = LoraConfig(r=rank or spec["rank"], lora_alpha=alpha or spec["alpha"], lora_dropout=dropout,
                         target_modules=list(spec["targets"]), bias="none")
     model.requires_grad_(False)

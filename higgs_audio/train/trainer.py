@@ -191,9 +191,10 @@ def train(opts: TrainOptions, say=lambda msg: None) -> Path:
     device = place.device
     say(f"data: {summarize(clips, durations, frame_rate(opts.codec))}")
 
-    # Frozen base weights in bf16 on GPUs (computed under bf16 autocast), fp32 on CPUs; adapters in fp32.
+    # Frozen base weights in bf16 on GPUs (computed under bf16 autocast), fp32 on CPUs; adapters in fp32. The
+    # projections stay separate: LoRA adapts each one, under the names the port's peft loads them by.
     model, cfg, directory = load_model(opts.model, device=device,
-                                       dtype="bfloat16" if device.type == "cuda" else "float32")
+                                       dtype="bfloat16" if device.type == "cuda" else "float32", fuse=False)
     codec = AudioCodec.from_pretrained(opts.codec, device=device)
     if not place.main:
         place.barrier()  # the main process encodes first; the others then read its cache

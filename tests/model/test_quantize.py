@@ -105,8 +105,8 @@ def test_int8_with_our_cpu_kernel_agrees_with_fp32(small_dir, reference_logits, 
 def test_quantized_layers_replace_every_linear(small_dir):
     model, _, _ = load_model(small_dir, device="cpu", quantize="int8")
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
-    assert isinstance(model.layers[0].audio_mlp.up_proj, Int8Linear)
-    assert model.layers[0].audio_mlp.up_proj.weight.dtype == torch.int8
+    assert isinstance(model.layers[0].audio_mlp.gate_up_proj, Int8Linear)
+    assert model.layers[0].audio_mlp.gate_up_proj.weight.dtype == torch.int8
     auto, _, _ = load_model(small_dir, device="cpu", dtype="auto")
     assert isinstance(auto.audio_head, CompactLinear) and auto.audio_head.weight.dtype == torch.bfloat16
     assert auto.compute_dtype == torch.float32

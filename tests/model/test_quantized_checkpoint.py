@@ -122,7 +122,7 @@ def test_saved_int8_is_not_reordered_where_our_kernel_runs(saved, monkeypatch):
 
     monkeypatch.setattr(cpu_kernels, "pack", lambda w: pytest.fail("a saved weight was packed again at load"))
     model, _, _ = load_model(saved["int8"], device="cpu")
-    assert model.layers[0].mlp.up_proj.our_kernel
+    assert model.layers[0].mlp.gate_up_proj.our_kernel
 
 
 def test_saved_int8_loads_without_our_kernel(small_dir, saved, monkeypatch):  # noqa: F811
@@ -132,7 +132,7 @@ def test_saved_int8_loads_without_our_kernel(small_dir, saved, monkeypatch):  # 
 
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     model, _, _ = load_model(saved["int8"], device="cpu")
-    assert not model.layers[0].mlp.up_proj.our_kernel
+    assert not model.layers[0].mlp.gate_up_proj.our_kernel
     assert torch.equal(_teacher_forced_logits(saved["int8"]), _teacher_forced_logits(small_dir, quantize="int8"))
 
 

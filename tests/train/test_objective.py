@@ -57,7 +57,7 @@ def _port_inputs(batch, lengths: list[int], k: int = 8) -> dict:
 
 
 def test_loss_and_gradients_equal_the_port(tiny_native):
-    model, cfg, _ = load_model(tiny_native, device="cpu", dtype="float32")
+    model, cfg, _ = load_model(tiny_native, device="cpu", dtype="float32", fuse=False)  # as the trainer
     tok = TextTokenizer(tiny_native)
     reference = VoiceRef(_codes(1, 5), "Hi.")
     samples = [build_sample(sample_messages("Hello there.", _codes(2, 7), reference=reference, scene="A room."),
@@ -146,7 +146,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_original)
 
     results = []
     for recompute in (False, True):
-        model, cfg, _ = load_model(tiny_original, device="cpu", dtype="float32")
+        model, cfg, _ = load_model(tiny_original, device="cpu", dtype="float32", fuse=False)
         torch.manual_seed(0)
         lora.inject(model, "style", rank=4)
         for name, p in model.named_parameters():

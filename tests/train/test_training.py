@@ -107,7 +107,7 @@ def test_merged_checkpoint_equals_the_adapter_applied(trained, tiny_native, tmp_
     assert (direct - applied).abs().max() <= 1e-5
     # A merged checkpoint quantizes at load as the base does.
     quantized, _, _ = load_model(merged, device="cpu", quantize="int8")
-    assert type(quantized.layers[0].self_attn.q_proj).__name__ == "Int8Linear"
+    assert type(quantized.layers[0].self_attn.qkv_proj).__name__ == "Int8Linear"
     # An existing output is kept unless --force.
     assert main(["finetune", "merge", "--model", str(tiny_native), "--adapter", str(trained), "-o", str(merged),
                  "-q"]) == 1
