@@ -154,22 +154,36 @@ int int8_matmul(const float *x, int64_t m, int64_t k, const int8_t *w, const flo
  * spends most of its time on each small product's set-up: 11 ms of a 110 ms full-size step for one stream,
  * 34 of 177 for four, where reading the keys and values takes about 1 (2 AVX2 cores). */
 
-/* scores[b, h, l] = scale * q[b, h, :] . k[b, h / group, l, :] for l < kv_len; d % 8 == 0. */
-void attention_scores(const float *q, int64_t streams, int64_t heads, int64_t group, int64_t d, const float *k,
-                      int64_t k_stream, int64_t k_head, int64_t kv_len, float scale, float *scores, int threads) {
-    int64_t kv_heads = heads / group;
+/* x rotated by RoPE: x * cos + roll(x, d / 2) * sin, where sin carries rotate_half's sign (transformer.py). */
+static inline void rotate(const float *x, const float *cos, const float *sin, int64_t d, float *out) {
+    int64_t half = d / 2;
+    for (int64_t j = 0; j < d; j++) out[j] = x[j] * cos[j] + x[(j + half) % d] * sin[j];
+}
+
+/* One decode step's scores from the fused q/k/v projection: qkv[b] holds stream b's heads queries, then its
+ * kv_heads keys and values (d each). Its keys (rotated) and values are stored at slot pos[b] of the caches k
+ * and v, then scores[b, h, l] = scale * rotated q[b, h, :] . k[b, h / group, l, :] for l < kv_len; d % 8 == 0,
+ * d <= 1024. One (stream, key/value head) per task: it stores what its own scores then read. */
+void attention_step(const float *qkv, const float *cos, const float *sin, const int64_t *pos, int64_t streams,
+                    int64_t heads, int64_t group, int64_t d, float *k, float *v, int64_t k_stream, int64_t k_head,
+                    int64_t v_stream, int64_t v_head, int64_t kv_len, float scale, float *scores, int threads) {
+    int64_t kv_heads = heads / group, row = (heads + 2 * kv_heads) * d;
     #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
     for (int64_t b = 0; b < streams; b++)
         for (int64_t kh = 0; kh < kv_heads; kh++) {
-            const float *keys = k + b * k_stream + kh * k_head;
+            const float *x = qkv + b * row, *c = cos + b * d, *s = sin + b * d;
+            float *keys = k + b * k_stream + kh * k_head;
+            rotate(x + (heads + kh) * d, c, s, d, keys + pos[b] * d);
+            memcpy(v + b * v_stream + kh * v_head + pos[b] * d, x + (heads + kv_heads + kh) * d, d * sizeof(float));
+            float q[1024];
             for (int64_t g = 0; g < group; g++) {
-                const float *qg = q + (b * heads + kh * group + g) * d;
+                rotate(x + (kh * group + g) * d, c, s, d, q);
                 float *out = scores + (b * heads + kh * group + g) * kv_len;
                 for (int64_t l = 0; l < kv_len; l++) {
                     const float *key = keys + l * d;
                     __m256 acc = _mm256_setzero_ps();
                     for (int64_t j = 0; j < d; j += 8)
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg + j), _mm256_loadu_ps(key + j), acc);
+                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), _mm256_loadu_ps(key + j), acc);
                     out[l] = hsum(acc) * scale;
                 }
             }

@@ -1,5 +1,5 @@
 """Our CPU kernels (``cpu_kernels.c``), built with the system C compiler at first use: a weight-only int8
-matrix product and the two products of decode attention.
+matrix product and a decode step's attention (RoPE, the cache store and the two products).
 
 torch's CPU int8 kernel reads weights at ~19 GB/s on two AVX2 cores, about half of what a bf16 product
 streams, so int8 decode gained little over bf16. Ours reads ~28 GB/s and multiplies in int16 (twice the
@@ -111,11 +111,11 @@ def library() -> ctypes.CDLL | None:
     lib.int8_pack.restype = None
     lib.int8_unpack_bf16.argtypes = lib.int8_pack.argtypes
     lib.int8_unpack_bf16.restype = None
-    for name in ("attention_scores", "attention_values"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                       *([ctypes.c_float] if name == "attention_scores" else []), ctypes.c_void_p,
-                                       ctypes.c_int]
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.attention_step.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, i64, i64, i64,
+                                   ctypes.c_float, ptr, ctypes.c_int]
+    lib.attention_values.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, i64, i64, ptr, ctypes.c_int]
+    for name in ("attention_step", "attention_values"):
         getattr(lib, name).restype = None
     return lib
 
@@ -169,27 +169,33 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch
     return out
 
 
-def attends(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
-    """Whether ``decode_attention`` serves these tensors: fp32 on an x86 CPU where the kernels are built,
-    each position's key and value rows contiguous."""
-    d = q.shape[-1]
-    return (q.device.type == "cpu" and q.dtype == keys.dtype == values.dtype == torch.float32 and d % 8 == 0
+def attends(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+    """Whether ``decode_attention`` serves one decode step: fp32 on an x86 CPU where the kernels are built, the
+    fused projection's rows contiguous, each cached position's key and value rows contiguous."""
+    d = keys.shape[-1]
+    return (qkv.device.type == "cpu" and qkv.dtype == keys.dtype == values.dtype == torch.float32
+            and d % 8 == 0 and d <= 1024 and qkv.is_contiguous()
             and all(t.stride(-1) == 1 and t.stride(-2) == d for t in (keys, values)) and library() is not None)
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+def decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                     keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, heads: int,
                      scale: float) -> torch.Tensor:
-    """Attention of one query per stream: ``q`` (b, heads, 1, d), ``keys``/``values`` (b, kv_heads, kv_len, d)
-    views of the cache, ``bias`` (b, 1, 1, kv_len) additive. Softmax in between is torch's (one kernel)."""
-    b, heads, _, d = q.shape
-    kv_heads, kv_len = keys.shape[1], keys.shape[2]
-    q = q.contiguous()
+    """One decode step's attention from the fused projection ``qkv`` (b, 1, (heads + 2 kv_heads) d): its keys,
+    rotated by RoPE (``cos`` and signed ``sin``, (b, ..., d)), and values are stored at ``positions`` (b, 1) in
+    ``keys``/``values``, a layer's (b, kv_heads, max_len, d) cache views, and its rotated queries attend to the
+    first ``bias.shape[-1]`` positions (``bias`` (b, 1, 1, kv_len) additive). Returns (b, heads, 1, d). Softmax
+    in between is torch's (one kernel)."""
+    b, kv_heads, _, d = keys.shape
+    kv_len = bias.shape[-1]
+    cos, sin, positions = cos.contiguous(), sin.contiguous(), positions.contiguous()
     scores = torch.empty(b, heads, kv_len)
     threads = torch.get_num_threads()
     lib = library()
-    lib.attention_scores(q.data_ptr(), b, heads, heads // kv_heads, d, keys.data_ptr(), keys.stride(0),
-                         keys.stride(1), kv_len, scale, scores.data_ptr(), threads)
-    probs = torch.add(bias.reshape(bias.shape[0], 1, kv_len), scores).softmax(-1)
+    lib.attention_step(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), positions.data_ptr(), b, heads,
+                       heads // kv_heads, d, keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1),
+                       values.stride(0), values.stride(1), kv_len, scale, scores.data_ptr(), threads)
+    probs = torch.add(bias.reshape(b, 1, kv_len), scores).softmax(-1)
     out = torch.empty(b, heads, 1, d)
     lib.attention_values(probs.data_ptr(), b, heads, heads // kv_heads, d, values.data_ptr(), values.stride(0),
                          values.stride(1), kv_len, out.data_ptr(), threads)

@@ -135,6 +135,7 @@ class Pass:
     cos: torch.Tensor
     sin: torch.Tensor
     bias: torch.Tensor
+    positions: torch.Tensor
     cache: KVCache | None = None
     keys: tuple[torch.Tensor, ...] = ()
     values: tuple[torch.Tensor, ...] = ()
@@ -143,10 +144,10 @@ class Pass:
     @staticmethod
     def over(cfg: ModelConfig, cos, sin, bias, positions: torch.Tensor, cache: KVCache | None) -> Pass:
         if cache is None:
-            return Pass(cos, sin, bias)
+            return Pass(cos, sin, bias, positions)
         slots = positions[:, None, :, None].expand(-1, cfg.num_kv_heads, -1, cfg.head_dim)
         # One view per layer, made here once: indexing each layer's would be two operators per layer and pass.
-        return Pass(cos, sin, bias, cache, cache.k.unbind(), cache.v.unbind(), slots)
+        return Pass(cos, sin, bias, positions, cache, cache.k.unbind(), cache.v.unbind(), slots)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store a layer's new keys and values (B, kv_heads, L, head_dim); returns the layer's attended ones
@@ -170,13 +171,15 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
-    def _queries_keys_values(self, x: torch.Tensor, p: Pass):
-        """q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim), views of one tensor or two."""
-        b, n, _ = x.shape
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values (B, L, (heads + 2 kv_heads) * head_dim), one projection or three joined."""
         if self.qkv_proj is None:
-            qkv = torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
-        else:
-            qkv = self.qkv_proj(x)
+            return torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
+        return self.qkv_proj(x)
+
+    def _rotated(self, qkv: torch.Tensor, p: Pass):
+        """q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim), RoPE applied to q and k."""
+        b, n, _ = qkv.shape
         heads, kv_heads = self.num_heads, self.num_kv_heads
         qk, v = qkv.view(b, n, -1, self.head_dim).transpose(1, 2).split((heads + kv_heads, kv_heads), dim=1)
         # Queries and keys rotate together: one set of RoPE kernels instead of two.
@@ -185,7 +188,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, p: Pass, layer: int) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self._queries_keys_values(x, p)
+        qkv = self._project(x)
+        if n == 1 and p.cache is not None and cpu_kernels.attends(qkv, p.keys[layer], p.values[layer]):
+            # RoPE, the cache store and attention of a decode step in our CPU kernel, from the projection's rows
+            out = cpu_kernels.decode_attention(qkv, p.cos, p.sin, p.positions, p.keys[layer], p.values[layer],
+                                               p.bias, self.num_heads, self.head_dim**-0.5)
+            return self.o_proj(out.view(b, n, -1))
+        q, k, v = self._rotated(qkv, p)
         # Training: the whole sequence in one pass, nothing kept (autograd needs no in-place).
         keys, values = (k, v) if p.cache is None else p.write(layer, k, v)
         if n == 1:
@@ -197,16 +206,14 @@ class Attention(nn.Module):
 
     def write_keys_values(self, x: torch.Tensor, p: Pass, layer: int) -> None:
         """Only what ``forward`` writes into the cache for x, computed as it does (the same values)."""
-        _, k, v = self._queries_keys_values(x, p)
+        _, k, v = self._rotated(self._project(x), p)
         p.write(layer, k, v)
 
     def _decode_attention(self, q, keys, values, bias) -> torch.Tensor:
         """Attention of one query per row, each key/value head serving its group of query heads in one batched
         matmul: SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
-        bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32. Returns (B, heads, 1,
-        head_dim) or a view of the same values as (B, 1, heads, head_dim) (one query: the same order)."""
-        if cpu_kernels.attends(q, keys, values):
-            return cpu_kernels.decode_attention(q, keys, values, bias, self.head_dim**-0.5)
+        bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32. Returns (B, kv_heads,
+        group, head_dim): the heads in order."""
         b, kv_heads = q.shape[0], keys.shape[1]
         grouped = q.reshape(b, kv_heads, self.num_heads // kv_heads, self.head_dim)
         scores = torch.add(bias, grouped @ keys.transpose(-1, -2), alpha=self.head_dim**-0.5)

@@ -174,12 +174,6 @@ def test_dense_path_unpacks_the_weight_in_slices(monkeypatch):
     assert slices == [10] * 6 + [4]  # blocks of four rows
 
 
-def _torch_decode_attention(monkeypatch, *args):
-    with monkeypatch.context() as patch:
-        patch.setattr(cpu_kernels, "attends", lambda *a: False)
-        return _attention_module(*args[:3])._decode_attention(*args[3:])
-
-
 def _attention_module(heads, kv_heads, d):
     from higgs_audio.model.transformer import Attention
 
@@ -191,35 +185,47 @@ def _attention_module(heads, kv_heads, d):
 
 @pytest.mark.parametrize("streams, heads, kv_heads, d, kv_len", [(1, 24, 8, 128, 400), (4, 24, 8, 128, 333),
                                                                   (3, 4, 2, 16, 37), (2, 6, 6, 40, 5)])
-def test_decode_attention_matches_torch(monkeypatch, streams, heads, kv_heads, d, kv_len):
-    """Grouped heads, head sizes with and without whole 32-wide chunks, views of a longer cache, and each
-    stream at its own position (later slots masked by the bias)."""
-    from higgs_audio.model.transformer import attention_bias
+def test_decode_attention_matches_torch(streams, heads, kv_heads, d, kv_len):
+    """A decode step's RoPE, cache store and attention from the fused projection's rows, against the model's
+    torch operators on the same rows: grouped heads, head sizes with and without whole 32-wide chunks, views of
+    a longer cache, and each stream at its own position (later slots masked by the bias)."""
+    from higgs_audio.model.transformer import Pass, attention_bias, rope_cos_sin
 
     g = torch.Generator().manual_seed(streams * 100 + d)
-    cache_k, cache_v = (torch.randn(streams, kv_heads, kv_len + 20, d, generator=g) for _ in range(2))
-    keys, values = cache_k[:, :, :kv_len], cache_v[:, :, :kv_len]
-    q = torch.randn(streams, heads + kv_heads, 1, d, generator=g)[:, :heads]  # a view, as in the model
+    caches = [torch.randn(streams, kv_heads, kv_len + 20, d, generator=g) for _ in range(2)]
+    qkv = torch.randn(streams, 1, (heads + 2 * kv_heads) * d, generator=g)
     positions = torch.randint(0, kv_len - 1, (streams, 1), generator=g)  # the last slot is masked for all
     bias = attention_bias(positions, kv_len, torch.float32)
+    cos, sin = rope_cos_sin(1.0 / 500000 ** (torch.arange(0, d, 2) / d), positions + 1000, torch.float32)
     module = _attention_module(heads, kv_heads, d)
-    assert cpu_kernels.attends(q, keys, values)
-    ours = module._decode_attention(q, keys, values, bias)
-    expected = _torch_decode_attention(monkeypatch, heads, kv_heads, d, q, keys, values, bias)
-    assert ours.shape == (streams, heads, 1, d) and expected.numel() == ours.numel()
+
+    keys, values = (c.clone() for c in caches)
+    assert cpu_kernels.attends(qkv, keys, values)
+    ours = cpu_kernels.decode_attention(qkv, cos, sin, positions, keys, values, bias, heads, d**-0.5)
+    expected_keys, expected_values = (c.clone() for c in caches)
+    slots = positions[:, None, :, None].expand(-1, kv_heads, -1, d)
+    step = Pass(cos, sin, bias, positions, None, (expected_keys,), (expected_values,), slots)
+    q, k, v = module._rotated(qkv, step)
+    expected = module._decode_attention(q, *step.write(0, k, v), bias)
+    assert ours.shape == (streams, heads, 1, d)
     assert torch.allclose(ours, expected.reshape(ours.shape), atol=1e-5, rtol=1e-5)
+    assert torch.equal(values, expected_values)
+    assert torch.allclose(keys, expected_keys, atol=1e-6, rtol=0)
+    assert not torch.equal(keys, caches[0])
     # only the visible slots count: changing a masked one changes nothing
-    cache_v[:, :, positions.max() + 1 :] = 1e6
-    assert torch.allclose(module._decode_attention(q, keys, values, bias), ours, atol=1e-5, rtol=1e-5)
+    values[:, :, positions.max() + 1 :] = 1e6
+    again = cpu_kernels.decode_attention(qkv, cos, sin, positions, keys, values, bias, heads, d**-0.5)
+    assert torch.allclose(again, ours, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_attention_is_only_taken_for_fp32_rows():
-    q = torch.randn(1, 4, 1, 16)
+    qkv = torch.randn(1, 1, 128)
     keys = torch.randn(1, 2, 9, 16)
-    assert cpu_kernels.attends(q, keys, keys)
-    assert not cpu_kernels.attends(q.bfloat16(), keys.bfloat16(), keys.bfloat16())
-    assert not cpu_kernels.attends(q, keys.transpose(-1, -2).contiguous().transpose(-1, -2), keys)
-    assert not cpu_kernels.attends(torch.randn(1, 4, 1, 12), torch.randn(1, 2, 9, 12), torch.randn(1, 2, 9, 12))
+    assert cpu_kernels.attends(qkv, keys, keys)
+    assert not cpu_kernels.attends(qkv.bfloat16(), keys.bfloat16(), keys.bfloat16())
+    assert not cpu_kernels.attends(qkv, keys.transpose(-1, -2).contiguous().transpose(-1, -2), keys)
+    assert not cpu_kernels.attends(torch.randn(1, 1, 96), torch.randn(1, 2, 9, 12), torch.randn(1, 2, 9, 12))
+    assert not cpu_kernels.attends(torch.randn(1, 1, 256)[..., ::2], keys, keys)
 
 
 def test_version_names_the_build_or_torch(monkeypatch):
