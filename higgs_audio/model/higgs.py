@@ -58,6 +58,9 @@ def merge_placeholders(
     return MergedInput(torch.cat(pieces_ids), torch.cat(pieces_codes), torch.cat(pieces_audio), torch.cat(pieces_out))
 
 
+PREFILL_ROWS = 16  # passes of more positions are compute bound (prefill), fewer bandwidth bound (decode)
+
+
 def _uninitialized_embedding(rows: int, dim: int) -> nn.Embedding:
     # Weights always come from a checkpoint. Skipping the random init also avoids torch's slow first use of
     # normal_ on the meta device (it imports the compiler stack: about 1 s at every start of the CLI).
@@ -74,6 +77,9 @@ class HiggsAudioModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.compute_dtype: torch.dtype | None = None  # activations' dtype when weights are stored smaller
+        # Passes of more than PREFILL_ROWS positions run in this dtype end to end (residual stream, norms,
+        # attention), keys and values stored in the cache's: on a CPU with native bf16 (``load_model``).
+        self.prefill_dtype: torch.dtype | None = None
         h, k = cfg.hidden_size, cfg.num_codebooks
         self.embed_tokens = _uninitialized_embedding(cfg.vocab_size, h)
         self.audio_codebook_embeddings = _uninitialized_embedding(k * cfg.audio_vocab_size, h)
@@ -126,6 +132,9 @@ class HiggsAudioModel(nn.Module):
         Returns the final-normed hidden states (B, L, H); with ``keys_values_only`` (a prompt's prefill, whose
         hidden states nothing reads) None, and the last layer stops at its keys and values (3 % of the work).
         """
+        dtype = x.dtype
+        if self.prefill_dtype is not None and x.shape[0] * x.shape[1] > PREFILL_ROWS:
+            x = x.to(self.prefill_dtype)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         p = Pass.over(self.cfg, cos, sin, attention_bias(positions, kv_len, x.dtype), positions, cache)
         if cache is not None:
@@ -136,7 +145,7 @@ class HiggsAudioModel(nn.Module):
         if keys_values_only:
             last.write_keys_values(x, audio, p, len(layers))
             return None
-        return self.norm(last(x, audio, p, len(layers)))
+        return self.norm(last(x, audio, p, len(layers))).to(dtype)
 
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         if self.text_head is None:

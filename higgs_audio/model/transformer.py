@@ -33,8 +33,10 @@ class RMSNorm(nn.Module):
         if x.dtype == self.weight.dtype == torch.float32:  # scaling before or after rounding is the same in fp32
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in fp32, cast back, then scale: the reference's order (spec §2.2). F.rms_norm computes in
-        # fp32 and rounds once, so it does the first two in one kernel (on CUDA) instead of six.
-        return self.weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)
+        # fp32 and rounds once, so it does the first two in one kernel (on CUDA) instead of six. An fp32 weight
+        # scales a bf16 prefill (``HiggsAudioModel.prefill_dtype``) in bf16: its values are bf16 ones.
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return weight * F.rms_norm(x, x.shape[-1:], eps=self.eps)
 
 
 class MLP(nn.Module):
@@ -153,6 +155,8 @@ class Pass:
         """Store a layer's new keys and values (B, kv_heads, L, head_dim); returns the layer's attended ones
         (rows whose positions lie past the attended length, idle slots, are written but not read)."""
         keys, values = self.keys[layer], self.values[layer]
+        if k.dtype != keys.dtype:  # a bf16 prefill into an fp32 cache (HiggsAudioModel.prefill_dtype)
+            k, v = k.to(keys.dtype), v.to(values.dtype)
         keys.scatter_(2, self.slots, k)
         values.scatter_(2, self.slots, v)
         kv_len = self.bias.shape[-1]
@@ -200,6 +204,8 @@ class Attention(nn.Module):
         if n == 1:
             out = self._decode_attention(q, keys, values, p.bias)
         else:
+            if keys.dtype != q.dtype:  # a bf16 prefill reads the fp32 cache's keys and values in bf16
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=p.bias, enable_gqa=True)
             out = out.transpose(1, 2)
         return self.o_proj(out.reshape(b, n, -1))
