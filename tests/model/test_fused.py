@@ -77,3 +77,22 @@ def test_greedy_codes_of_fused_and_separate_projections_are_identical(tiny_origi
     fused = _greedy_codes(load_model(tiny_original, device="cpu", **load)[0], tiny_original, 60)
     separate = _greedy_codes(load_model(tiny_original, device="cpu", fuse=False, **load)[0], tiny_original, 60)
     assert len(fused) == 60 and torch.equal(fused, separate)
+
+
+def test_saved_int8_parts_packed_and_plain_stay_separate(tmp_path):
+    """Key/value rows that are not whole blocks of our kernel's 4 rows are stored plain beside packed query rows:
+    such a group is not joined (a joined weight is packed whole or not at all)."""
+    from higgs_audio.model import cpu_kernels
+    from higgs_audio.quantized_checkpoint import save_quantized
+    from tests.helpers.tiny_model import TINY, original_config, random_weights, write_original
+
+    cfg = original_config(dict(TINY, num_key_value_heads=1, head_dim=18))  # k, v: 18 rows; q: 72
+    directory = write_original(tmp_path / "odd", random_weights(cfg, seed=3), cfg)
+    copy = save_quantized(directory, tmp_path / "odd-int8", "int8")
+    model, _, _ = load_model(copy, device="cpu")
+    attention = model.layers[0].self_attn
+    assert attention.qkv_proj is None and isinstance(attention.q_proj, Int8Linear)
+    assert isinstance(model.layers[0].mlp.gate_up_proj, Int8Linear)
+    assert attention.q_proj.our_kernel == (cpu_kernels.library() is not None) and not attention.k_proj.our_kernel
+    # as the separate layers quantized at load: key and value rows take torch's int8 kernel, query rows ours
+    assert torch.equal(_teacher_forced_logits(copy), _teacher_forced_logits(directory, quantize="int8", fuse=False))
