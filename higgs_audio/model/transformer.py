@@ -132,7 +132,8 @@ class KVCache:
 class Pass:
     """What every layer of one forward pass shares, computed once for the pass: RoPE's cos and signed sin, the
     additive attention bias (B, 1, L, kv_len), and with a cache each layer's keys and values, (B, kv_heads,
-    max_len, head_dim) views of the cache, and where the positions' keys and values go in them."""
+    max_len, head_dim) views of the cache, where the positions' keys and values go in them, and the attended
+    first kv_len positions of each (views made here once: indexing each layer's would be operators per layer)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
@@ -142,14 +143,17 @@ class Pass:
     keys: tuple[torch.Tensor, ...] = ()
     values: tuple[torch.Tensor, ...] = ()
     slots: torch.Tensor | None = None  # (B, kv_heads, L, head_dim) scatter index along the cache's positions
+    attended_keys: tuple[torch.Tensor, ...] = ()
+    attended_values: tuple[torch.Tensor, ...] = ()
 
     @staticmethod
     def over(cfg: ModelConfig, cos, sin, bias, positions: torch.Tensor, cache: KVCache | None) -> Pass:
         if cache is None:
             return Pass(cos, sin, bias, positions)
         slots = positions[:, None, :, None].expand(-1, cfg.num_kv_heads, -1, cfg.head_dim)
-        # One view per layer, made here once: indexing each layer's would be two operators per layer and pass.
-        return Pass(cos, sin, bias, positions, cache, cache.k.unbind(), cache.v.unbind(), slots)
+        kv_len = bias.shape[-1]
+        return Pass(cos, sin, bias, positions, cache, cache.k.unbind(), cache.v.unbind(), slots,
+                    cache.k[:, :, :, :kv_len].unbind(), cache.v[:, :, :, :kv_len].unbind())
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store a layer's new keys and values (B, kv_heads, L, head_dim); returns the layer's attended ones
@@ -159,8 +163,7 @@ class Pass:
             k, v = k.to(keys.dtype), v.to(values.dtype)
         keys.scatter_(2, self.slots, k)
         values.scatter_(2, self.slots, v)
-        kv_len = self.bias.shape[-1]
-        return keys[:, :, :kv_len], values[:, :, :kv_len]
+        return self.attended_keys[layer], self.attended_values[layer]
 
 
 class Attention(nn.Module):

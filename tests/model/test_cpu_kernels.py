@@ -204,7 +204,8 @@ def test_decode_attention_matches_torch(streams, heads, kv_heads, d, kv_len):
     ours = cpu_kernels.decode_attention(qkv, cos, sin, positions, keys, values, bias, heads, d**-0.5)
     expected_keys, expected_values = (c.clone() for c in caches)
     slots = positions[:, None, :, None].expand(-1, kv_heads, -1, d)
-    step = Pass(cos, sin, bias, positions, None, (expected_keys,), (expected_values,), slots)
+    step = Pass(cos, sin, bias, positions, None, (expected_keys,), (expected_values,), slots,
+                (expected_keys[:, :, :kv_len],), (expected_values[:, :, :kv_len],))
     q, k, v = module._rotated(qkv, step)
     expected = module._decode_attention(q, *step.write(0, k, v), bias)
     assert ours.shape == (streams, heads, 1, d)
