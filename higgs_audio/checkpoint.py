@@ -23,7 +23,6 @@ from higgs_audio.model.quantize import (
     MODES,
     compact_linears,
     cpu_has_native_bf16,
-    join_fields,
     quantize_linears,
     quantized_class,
     replace_linears,
@@ -41,6 +40,7 @@ _FIRST_LAYOUT = {"rows": 4, "lanes": 16}  # of format 2 files written before the
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", "audio_codebook_weights")
 SAFETENSORS_DTYPES = {torch.int8: "I8", torch.uint8: "U8", torch.bfloat16: "BF16", torch.float16: "F16",
                       torch.float32: "F32"}
+_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
 PADDING_PREFIX = "__padding__."  # alignment filler in the files we write (quantized copies), not a tensor
 # Training wrappers store some matrices as a frozen and a trainable part, concatenated along rows (frozen first).
 _SPLIT_PARTS = (("embedding_frozen", "embedding_trainable"), ("linear_frozen", "linear_trainable"))
@@ -138,11 +138,17 @@ class TensorSource:
     def origin(self, name: str) -> str:
         return " + ".join(f"{f}:{k!r}" for f, k in self.parts[name])
 
-    def read(self, name: str) -> torch.Tensor:
+    def dtype(self, name: str) -> torch.dtype:
+        path, key = self.parts[name][0]
+        return _DTYPES[self._handles[path].get_slice(key).get_dtype()]
+
+    def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """A copy in this process's own memory, read from the file instead of mapped (mapped pages count in
-        its resident memory for as long as the file stays open, and are 4 KB pages)."""
+        its resident memory for as long as the file stays open, and are 4 KB pages). ``out``: a contiguous
+        tensor of the stored shape and dtype to read into."""
         if len(self.parts[name]) > 1:
-            return self.get(name)  # joined parts: a copy already
+            joined = self.get(name)  # joined parts: a copy already
+            return joined if out is None else out.copy_(joined)
         path, key = self.parts[name][0]
         if path not in self._headers:
             with open(path, "rb") as f:
@@ -151,13 +157,29 @@ class TensorSource:
         start, header = self._headers[path]
         entry = header[key]
         begin, end = entry["data_offsets"]
-        dtypes = {name: dtype for dtype, name in SAFETENSORS_DTYPES.items()}
-        out = torch.empty(entry["shape"], dtype=dtypes[entry["dtype"]])
+        stored = _DTYPES[entry["dtype"]]
+        if out is None:
+            out = torch.empty(entry["shape"], dtype=stored)
+        elif out.dtype != stored:
+            raise CheckpointError(f"{self.origin(name)} has dtype {stored}, unlike the tensors it is joined with "
+                                  f"({out.dtype})")
         with open(path, "rb") as f:
             f.seek(start + begin)
             got = f.readinto(out.view(-1).view(torch.uint8).numpy())
         if got != end - begin:
             raise CheckpointError(f"cannot read {self.origin(name)}: the file ends early (truncated?)")
+        return out
+
+    def read_rows(self, names: list[str]) -> torch.Tensor:
+        """The tensors ``names`` (one dtype, the same trailing shape) one after another along their first
+        dimension, each read into its rows of one allocation: no joined copy beside the parts (freed part
+        buffers stayed in the process's memory, glibc keeping them)."""
+        shapes = [self.shape(name) for name in names]
+        out = torch.empty((sum(shape[0] for shape in shapes), *shapes[0][1:]), dtype=self.dtype(names[0]))
+        row = 0
+        for name, shape in zip(names, shapes):
+            self.read(name, out[row : row + shape[0]])
+            row += shape[0]
         return out
 
     def get(self, name: str) -> torch.Tensor:
@@ -244,31 +266,33 @@ def _load_quantized(directory: Path, cfg, meta: dict, device: torch.device, stor
     # of the layers being built, not all: a layer that copies its tensors (no CPU kernel) would hold both.
     pool = ThreadPoolExecutor(2) if device.type == "cpu" else None
     parts = {n: joined.get(n, (n,)) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    order = [f"{part}.{field}" for names in parts.values() for part in names for field in cls.FIELDS]
-    reads = {}  # in the order replace_linears visits the modules
+    order = [(name, field) for name in parts for field in cls.FIELDS]  # as replace_linears visits the modules
+    reads = {}
 
-    def take(key: str) -> torch.Tensor:
+    def field_of(name: str, field: str) -> torch.Tensor:
+        """A (joined) linear layer's ``field``: its parts' fields joined along their output dimension."""
+        keys = [f"{part}.{field}" for part in parts[name]]
+        for key in keys:
+            if source.dtype(key) != specs[key][1]:
+                raise CheckpointError(f"{source.origin(key)} has dtype {source.dtype(key)}; {mode} needs "
+                                      f"{specs[key][1]}")
+        if pool is None and len(keys) == 1:
+            return source.get(keys[0])
+        if cls.OUTPUT_DIMS[field] == 0:
+            return source.read_rows(keys)
+        return torch.cat([source.read(key) for key in keys], dim=cls.OUTPUT_DIMS[field])
+
+    def take(name: str, field: str) -> torch.Tensor:
         if pool is None:
-            return source.get(key)
-        i = order.index(key)
-        for ahead in order[i : i + _READ_AHEAD]:  # keys before i are taken already
+            return field_of(name, field)
+        i = order.index((name, field))
+        for ahead in order[i : i + _READ_AHEAD]:  # those before i are taken already
             if ahead not in reads:
-                reads[ahead] = pool.submit(source.read, ahead)
-        return reads.pop(key).result()
-
-    def fields_of(name: str) -> dict[str, torch.Tensor]:
-        fields = {}
-        for field in cls.FIELDS:
-            key = f"{name}.{field}"
-            tensor = take(key)
-            dtype = specs[key][1]
-            if tensor.dtype != dtype:
-                raise CheckpointError(f"{source.origin(key)} has dtype {tensor.dtype}; {mode} needs {dtype}")
-            fields[field] = tensor.to(device)
-        return fields
+                reads[ahead] = pool.submit(field_of, *ahead)
+        return reads.pop((name, field)).result()
 
     def read(name: str, linear: nn.Linear) -> nn.Module:
-        fields = join_fields(cls, [fields_of(part) for part in parts[name]])
+        fields = {field: take(name, field).to(device) for field in cls.FIELDS}
         if packed_int8 and cpu_kernels.fits(*linears[parts[name][0]]):
             return cls.from_tensors(**fields, packed=True)
         return cls.from_tensors(**fields)
@@ -329,11 +353,17 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
             if name not in parts:
                 state[name] = source.get(name).to(device=device, dtype=storage)
                 continue
-            # Read into memory, not mapped: the parts are copied into the joined tensor, and mapped pages
-            # would stay resident beside it. Adapters update the separate weights they were trained on.
-            separate = {part: source.read(part).to(device=device, dtype=storage) for part in parts[name]}
-            apply_updates(separate, {p: updates.pop(p) for p in parts[name] if p in updates}, str(directory))
-            state[name] = torch.cat(list(separate.values()))
+            # Read into memory, not mapped: mapped pages of the parts would stay resident beside the joined
+            # tensor. Adapters update the separate weights (rows) they were trained on.
+            state[name] = weight = source.read_rows(parts[name]).to(device=device, dtype=storage)
+            row = 0
+            for part in parts[name]:
+                rows = weight[row : row + source.shape(part)[0]]
+                row += rows.shape[0]
+                if part in updates:
+                    piece = {part: rows}
+                    apply_updates(piece, {part: updates.pop(part)}, str(directory))
+                    rows.copy_(piece[part])
         apply_updates(state, updates, str(directory))
         if quantize:
             # Tensors read on the CPU are views of the memory-mapped files, and one live view keeps its whole

@@ -97,7 +97,9 @@ class Int8Linear(nn.Module):
     """Weight-only int8 with one scale per output channel (symmetric)."""
 
     FIELDS = ("weight", "scales")  # the tensors a quantized checkpoint stores per layer
-    OUTPUT_DIMS = {"weight": 0, "scales": 0}  # each field's dimension over output channels (see join_fields)
+    # Each field's dimension over output channels: a layer whose outputs are several layers' outputs in turn
+    # (fused projections) has their fields joined along it (int8 packs whole blocks of rows).
+    OUTPUT_DIMS = {"weight": 0, "scales": 0}
 
     def __init__(self, weight: torch.Tensor, scales: torch.Tensor, packed: bool = False):
         """``weight``: (out, in) int8, in the plain order or, ``packed``, in our CPU kernel's order (as saved
@@ -268,15 +270,6 @@ def quantized_class(mode: str):
         return QUANTIZED[mode]
     except KeyError:
         raise ValueError(f"unknown quantization {mode!r}: use one of {', '.join(MODES)}") from None
-
-
-def join_fields(cls, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``cls``'s fields of one layer whose output channels are those of ``parts`` in order. Every field is per
-    output channel (int8 weight rows and scales, packed in blocks of whole rows; int4 codes and group scales),
-    so this equals quantizing the joined weight."""
-    if len(parts) == 1:
-        return parts[0]
-    return {field: torch.cat([part[field] for part in parts], dim=cls.OUTPUT_DIMS[field]) for field in cls.FIELDS}
 
 
 def replace_linears(model: nn.Module, make, progress: str | None = None) -> None:
