@@ -349,13 +349,16 @@ def load_model(name_or_path: str | os.PathLike, device="auto", dtype="auto", qua
         parts = {f"{name}.weight": [f"{part}.weight" for part in names] for name, names in joined.items()}
         updates = read_adapter(adapter) if adapter is not None else {}
         state = {}
+        # Joined weights are read into memory, not mapped (mapped pages of the parts would stay resident beside
+        # them), by two readers: most of a read is page faults on the fresh memory, each reader's on its core.
+        with ThreadPoolExecutor(2) as pool:
+            reads = dict(zip(parts, pool.map(lambda name: source.read_rows(parts[name]), parts)))
         for name in model.state_dict():
             if name not in parts:
                 state[name] = source.get(name).to(device=device, dtype=storage)
                 continue
-            # Read into memory, not mapped: mapped pages of the parts would stay resident beside the joined
-            # tensor. Adapters update the separate weights (rows) they were trained on.
-            state[name] = weight = source.read_rows(parts[name]).to(device=device, dtype=storage)
+            # Adapters update the separate weights (rows) they were trained on.
+            state[name] = weight = reads.pop(name).to(device=device, dtype=storage)
             row = 0
             for part in parts[name]:
                 rows = weight[row : row + source.shape(part)[0]]
