@@ -77,8 +77,8 @@ class HiggsAudio(RequestBuilder):
                                        adapter=adapter)
         device = next(net.parameters()).device
         if prefix_cache_dir is not None:  # keys and values depend on the weights, dtypes, device and kernels
-            options = (str(net.compute_dtype), str(next(net.parameters()).dtype), quantize, device.type,
-                       adapter and fingerprint(Path(adapter).expanduser()))  # a retrained adapter changes it
+            options = (str(net.compute_dtype), str(next(net.parameters()).dtype), str(net.prefill_dtype), quantize,
+                       device.type, adapter and fingerprint(Path(adapter).expanduser()))  # a retrained adapter too
             if device.type == "cpu":
                 from higgs_audio.model import cpu_kernels
 

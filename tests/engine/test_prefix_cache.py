@@ -195,3 +195,17 @@ def test_prefix_folder_names_the_cpu_kernels(tiny_original, tiny_codec, tmp_path
 
     assert folder("torch") == folder("torch") != folder("cpu_kernels-0123")
     assert folder("torch").parent == tmp_path
+
+
+def test_prefix_folder_names_the_prefill_dtype(tiny_original, tiny_codec, tmp_path, monkeypatch):
+    """A CPU with native bf16 prefills in bf16 (other keys and values than fp32's): its cached prompts are kept
+    apart from an fp32-prefilling machine's sharing the same folder."""
+    from higgs_audio import checkpoint
+    from higgs_audio.api import HiggsAudio
+
+    def folder(native_bf16):
+        monkeypatch.setattr(checkpoint, "cpu_has_native_bf16", lambda: native_bf16)
+        api = HiggsAudio.from_pretrained(tiny_original, tiny_codec, device="cpu", prefix_cache_dir=tmp_path)
+        return api.decoder.prefixes.directory
+
+    assert folder(False) == folder(False) != folder(True)
