@@ -1,7 +1,8 @@
 """The codebook delay pattern (spec §4): codebook k runs k steps behind codebook 0.
 
 Codes are shaped (K, T) or batched (B, K, T), the last two dims (codebook, time); the generation-time rules
-(``apply_delay_constraints``) work on one sampled column (B, K) per stream.
+(``apply_delay_constraints``) work on one sampled column (B, K) per stream, and ``FrameAssembler`` reverts the
+pattern column by column as a stream is generated.
 """
 
 from __future__ import annotations
@@ -102,3 +103,29 @@ def apply_delay_constraints(
         new_remaining = torch.where(active, new_remaining, remaining)
         finished = finished & active
     return new, new_delay, new_remaining, finished
+
+
+class FrameAssembler:
+    """Turns a stream's delayed columns into aligned code frames as soon as each frame is complete.
+
+    Frame f of a segment takes row r from column f + r, so the newest column completes frame n - K
+    (n columns so far): the diagonal of the last K columns. Frame 0 is the stream-bos frame and the
+    frame completed by a segment's last column is the stream-eos frame; both are dropped, as the
+    reference's ``[:, 1:-1]`` trim does. bos/eos codes inside kept frames are clipped to the last code.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int):
+        self.k, self.max_code = num_codebooks, codebook_size - 1
+        self.recent: list[torch.Tensor] = []
+        self.count = 0
+
+    def push(self, column: torch.Tensor, last: bool = False) -> torch.Tensor | None:
+        """Add a column (``last``: it ends the segment); return the newly completed (K,) frame, or None."""
+        self.count += 1
+        self.recent = (self.recent + [column])[-self.k :]
+        if last:
+            self.recent, self.count = [], 0
+            return None
+        if self.count - self.k < 1:
+            return None
+        return torch.stack(self.recent).diagonal().clamp(0, self.max_code)

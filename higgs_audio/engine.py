@@ -25,10 +25,9 @@ import torch
 from higgs_audio import sampling
 from higgs_audio.config import ModelConfig
 from higgs_audio.cuda_graphs import CapturedSteps
-from higgs_audio.delay import add_delay_pattern, apply_delay_constraints
+from higgs_audio.delay import FrameAssembler, add_delay_pattern, apply_delay_constraints
 from higgs_audio.model.higgs import HiggsAudioModel, MergedInput, merge_placeholders
 from higgs_audio.model.transformer import KVCache
-from higgs_audio.output import FrameAssembler
 from higgs_audio.prefix_cache import BLOCK, PrefixCache
 from higgs_audio.sampling import SamplingParams
 from higgs_audio.text_tokenizer import SpecialTokens, TextTokenizer

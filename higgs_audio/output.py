@@ -1,4 +1,4 @@
-"""Columns -> waveform, in one place: delayed audio columns become code frames (``FrameAssembler``), frames
+"""Columns -> waveform, in one place: delayed audio columns become code frames (``delay.FrameAssembler``), frames
 become audio chunks as a stream goes (``ChunkedAudio``: the first chunk early, then every ``chunk_frames``), and
 whole utterances, or several joined, decode in bounded memory (``decode``).
 
@@ -12,32 +12,6 @@ import numpy as np
 import torch
 
 from higgs_audio.codec import AudioCodec
-
-
-class FrameAssembler:
-    """Turns a stream's delayed columns into aligned code frames as soon as each frame is complete.
-
-    Frame f of a segment takes row r from column f + r, so the newest column completes frame n - K
-    (n columns so far): the diagonal of the last K columns. Frame 0 is the stream-bos frame and the
-    frame completed by a segment's last column is the stream-eos frame; both are dropped, as the
-    reference's ``[:, 1:-1]`` trim does. bos/eos codes inside kept frames are clipped to the last code.
-    """
-
-    def __init__(self, num_codebooks: int, codebook_size: int):
-        self.k, self.max_code = num_codebooks, codebook_size - 1
-        self.recent: list[torch.Tensor] = []
-        self.count = 0
-
-    def push(self, column: torch.Tensor, last: bool = False) -> torch.Tensor | None:
-        """Add a column (``last``: it ends the segment); return the newly completed (K,) frame, or None."""
-        self.count += 1
-        self.recent = (self.recent + [column])[-self.k :]
-        if last:
-            self.recent, self.count = [], 0
-            return None
-        if self.count - self.k < 1:
-            return None
-        return torch.stack(self.recent).diagonal().clamp(0, self.max_code)
 
 
 def stack_frames(frames: list[torch.Tensor], num_codebooks: int) -> torch.Tensor:

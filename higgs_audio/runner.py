@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from higgs_audio.delay import FrameAssembler
 from higgs_audio.engine import BatchDecoder, Stream
-from higgs_audio.output import FrameAssembler
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from higgs_audio.delay import (
+    FrameAssembler,
     add_delay_pattern,
     apply_delay_constraints,
     delay_state_from_column,
@@ -100,7 +101,6 @@ def test_delay_state_from_column():
 def test_frame_assembler_streams_exactly_the_trimmed_codes_of_a_segment():
     """Frames emitted column by column equal delayed_to_codes of the whole segment (spec §5.4 example:
     eos on row 0 at column 4, last column 11, frames 1..3 kept), also across two segments."""
-    from higgs_audio.output import FrameAssembler
 
     g = torch.Generator().manual_seed(4)
     assembler = FrameAssembler(8, 1024)
