@@ -71,9 +71,8 @@ def encode_audio(wave: np.ndarray, sample_rate: int, format: str = "wav") -> byt
     if name == "pcm":
         return pcm16(wave.T)  # interleaved channels
     container = FORMATS[name].file
-    if container is None or not np.size(wave):  # libsndfile lacks AAC and refuses to write nothing
-        if name == "wav":
-            return wav_header(sample_rate, 0)
+    if container is None or (not np.size(wave) and FORMATS[name].stream is not None):
+        # libsndfile lacks AAC, and writes an empty FLAC or MP3 file as no bytes at all: FFmpeg writes those
         encoder = StreamEncoder(name, sample_rate)
         return encoder.write(wave) + encoder.close()
     buffer = io.BytesIO()
