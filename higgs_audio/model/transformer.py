@@ -130,13 +130,22 @@ class KVCache:
 
 @dataclass
 class Pass:
-    """What every layer of one forward pass shares, computed once for the pass: RoPE's cos and signed sin, the
-    additive attention bias (B, 1, L, kv_len), and with a cache each layer's keys and values, (B, kv_heads,
-    max_len, head_dim) views of the cache, where the positions' keys and values go in them, and the attended
-    first kv_len positions of each (views made here once: indexing each layer's would be operators per layer)."""
+    """What every layer of one forward pass shares, computed once for the pass (views made here once: making
+    each layer's would be operators per layer).
+
+    ``cos``/``sin``: RoPE's cos and signed sin (B, 1, L, head_dim); ``rope_cos``/``rope_sin``: the same for every
+    head of the fused projection's rows (B, heads + 2 kv_heads, L, head_dim), identity on the values' heads, so
+    that one rotation covers queries, keys and values and one split separates them. ``bias``: the additive
+    attention bias (B, 1, L, kv_len). With a cache: each layer's keys and values, (B, kv_heads, max_len,
+    head_dim) views of it, where the positions' keys and values go in them (``slots``), and the attended first
+    kv_len positions of each, in the shapes the pass's attention reads: for a decode step (L == 1), keys
+    transposed (B * kv_heads, head_dim, kv_len) and values (B * kv_heads, kv_len, head_dim) for batched matmuls,
+    with ``step_bias`` (B * kv_heads, 1, kv_len); otherwise (B, kv_heads, kv_len, head_dim) for SDPA."""
 
     cos: torch.Tensor
     sin: torch.Tensor
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
     bias: torch.Tensor
     positions: torch.Tensor
     cache: KVCache | None = None
@@ -145,15 +154,34 @@ class Pass:
     slots: torch.Tensor | None = None  # (B, kv_heads, L, head_dim) scatter index along the cache's positions
     attended_keys: tuple[torch.Tensor, ...] = ()
     attended_values: tuple[torch.Tensor, ...] = ()
+    step_bias: torch.Tensor | None = None
 
     @staticmethod
     def over(cfg: ModelConfig, cos, sin, bias, positions: torch.Tensor, cache: KVCache | None) -> Pass:
+        qk_heads, kv_heads = cfg.num_heads + cfg.num_kv_heads, cfg.num_kv_heads
+        rope_cos = torch.cat((cos.expand(-1, qk_heads, -1, -1), torch.ones_like(cos).expand(-1, kv_heads, -1, -1)), 1)
+        rope_sin = torch.cat((sin.expand(-1, qk_heads, -1, -1), torch.zeros_like(sin).expand(-1, kv_heads, -1, -1)), 1)
         if cache is None:
-            return Pass(cos, sin, bias, positions)
-        slots = positions[:, None, :, None].expand(-1, cfg.num_kv_heads, -1, cfg.head_dim)
-        kv_len = bias.shape[-1]
-        return Pass(cos, sin, bias, positions, cache, cache.k.unbind(), cache.v.unbind(), slots,
-                    cache.k[:, :, :, :kv_len].unbind(), cache.v[:, :, :, :kv_len].unbind())
+            return Pass(cos, sin, rope_cos, rope_sin, bias, positions)
+        slots = positions[:, None, :, None].expand(-1, kv_heads, -1, cfg.head_dim)
+        keys, values = cache.k[:, :, :, : bias.shape[-1]], cache.v[:, :, :, : bias.shape[-1]]
+        if positions.shape[1] == 1:
+            keys, values = keys.flatten(1, 2).transpose(-1, -2), values.flatten(1, 2)
+        p = Pass(cos, sin, rope_cos, rope_sin, bias, positions, cache, cache.k.unbind(), cache.v.unbind(), slots,
+                 keys.unbind(), values.unbind())
+        return p.with_bias(bias)
+
+    @property
+    def decode_step(self) -> bool:
+        return self.cache is not None and self.positions.shape[1] == 1
+
+    def with_bias(self, bias: torch.Tensor) -> Pass:
+        """This pass with another attention bias (B, 1, L, kv_len)."""
+        step_bias = None
+        if self.decode_step:
+            b, kv_heads, kv_len = bias.shape[0], self.slots.shape[1], bias.shape[-1]
+            step_bias = bias.expand(b, kv_heads, 1, kv_len).reshape(b * kv_heads, 1, kv_len)
+        return replace(self, bias=bias, step_bias=step_bias)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store a layer's new keys and values (B, kv_heads, L, head_dim); returns the layer's attended ones
@@ -185,18 +213,18 @@ class Attention(nn.Module):
         return self.qkv_proj(x)
 
     def _rotated(self, qkv: torch.Tensor, p: Pass):
-        """q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim), RoPE applied to q and k."""
+        """q (B, heads, L, head_dim), k and v (B, kv_heads, L, head_dim), RoPE applied to q and k: all the rows
+        rotate together (the values' heads by the identity), one set of RoPE kernels, then one split."""
         b, n, _ = qkv.shape
-        heads, kv_heads = self.num_heads, self.num_kv_heads
-        qk, v = qkv.view(b, n, -1, self.head_dim).transpose(1, 2).split((heads + kv_heads, kv_heads), dim=1)
-        # Queries and keys rotate together: one set of RoPE kernels instead of two.
-        q, k = _apply_rope(qk, p.cos, p.sin).split((heads, kv_heads), dim=1)
-        return q, k, v
+        # a decode step's rows are already (B, heads, 1, head_dim)
+        heads = qkv.view(b, -1, 1, self.head_dim) if n == 1 else qkv.view(b, n, -1, self.head_dim).transpose(1, 2)
+        return _apply_rope(heads, p.rope_cos, p.rope_sin).split(
+            (self.num_heads, self.num_kv_heads, self.num_kv_heads), dim=1)
 
     def forward(self, x: torch.Tensor, p: Pass, layer: int) -> torch.Tensor:
         b, n, _ = x.shape
         qkv = self._project(x)
-        if n == 1 and p.cache is not None and cpu_kernels.attends(qkv, p.keys[layer], p.values[layer]):
+        if p.decode_step and cpu_kernels.attends(qkv, p.keys[layer], p.values[layer]):
             # RoPE, the cache store and attention of a decode step in our CPU kernel, from the projection's rows
             out = cpu_kernels.decode_attention(qkv, p.cos, p.sin, p.positions, p.keys[layer], p.values[layer],
                                                p.bias, self.num_heads, self.head_dim**-0.5)
@@ -204,8 +232,8 @@ class Attention(nn.Module):
         q, k, v = self._rotated(qkv, p)
         # Training: the whole sequence in one pass, nothing kept (autograd needs no in-place).
         keys, values = (k, v) if p.cache is None else p.write(layer, k, v)
-        if n == 1:
-            out = self._decode_attention(q, keys, values, p.bias)
+        if p.decode_step:
+            out = self._decode_attention(q, keys, values, p.step_bias)
         else:
             if keys.dtype != q.dtype:  # a bf16 prefill reads the fp32 cache's keys and values in bf16
                 keys, values = keys.to(q.dtype), values.to(q.dtype)
@@ -218,16 +246,16 @@ class Attention(nn.Module):
         _, k, v = self._rotated(self._project(x), p)
         p.write(layer, k, v)
 
-    def _decode_attention(self, q, keys, values, bias) -> torch.Tensor:
-        """Attention of one query per row, each key/value head serving its group of query heads in one batched
-        matmul: SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
-        bf16, and many kernels on CUDA). Scaling and mask in one kernel, softmax in fp32. Returns (B, kv_heads,
-        group, head_dim): the heads in order."""
-        b, kv_heads = q.shape[0], keys.shape[1]
-        grouped = q.reshape(b, kv_heads, self.num_heads // kv_heads, self.head_dim)
-        scores = torch.add(bias, grouped @ keys.transpose(-1, -2), alpha=self.head_dim**-0.5)
+    def _decode_attention(self, q, keys_t, values, bias) -> torch.Tensor:
+        """Attention of one query per row, each key/value head serving its group of query heads: batched
+        matmuls over (B * kv_heads) rows (``Pass``'s decode-step shapes), the scores scaled and the mask added
+        in the first. SDPA with a mask and grouped heads takes its slow generic path here (8x slower on a CPU in
+        bf16, and many kernels on CUDA). Softmax in fp32. Returns (B * kv_heads, group, head_dim): the heads in
+        order."""
+        grouped = q.reshape(keys_t.shape[0], self.num_heads // self.num_kv_heads, self.head_dim)
+        scores = torch.baddbmm(bias, grouped, keys_t, alpha=self.head_dim**-0.5)
         probs = scores.softmax(-1, dtype=torch.float32)
-        return (probs if probs.dtype == q.dtype else probs.to(q.dtype)) @ values
+        return torch.bmm(probs if probs.dtype == q.dtype else probs.to(q.dtype), values)
 
 
 def _by_position(x: torch.Tensor, audio: AudioSelect, text_fn, audio_fn) -> torch.Tensor:
@@ -267,7 +295,7 @@ class DecoderLayer(nn.Module):
             if audio is True:
                 return x
             keys_audio = audio if p.cache is None else p.cache.audio[:, : p.bias.shape[-1]]
-            p = replace(p, bias=p.bias.masked_fill(keys_audio[:, None, None, :], -math.inf))
+            p = p.with_bias(p.bias.masked_fill(keys_audio[:, None, None, :], -math.inf))
             out = self._text_layer(x, p, layer)
             return out if audio is False else torch.where(audio[..., None], x, out)
         if not self.dual:

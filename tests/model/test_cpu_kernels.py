@@ -4,6 +4,7 @@ attention against torch's."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,7 +190,7 @@ def test_decode_attention_matches_torch(streams, heads, kv_heads, d, kv_len):
     """A decode step's RoPE, cache store and attention from the fused projection's rows, against the model's
     torch operators on the same rows: grouped heads, head sizes with and without whole 32-wide chunks, views of
     a longer cache, and each stream at its own position (later slots masked by the bias)."""
-    from higgs_audio.model.transformer import Pass, attention_bias, rope_cos_sin
+    from higgs_audio.model.transformer import KVCache, Pass, attention_bias, rope_cos_sin
 
     g = torch.Generator().manual_seed(streams * 100 + d)
     caches = [torch.randn(streams, kv_heads, kv_len + 20, d, generator=g) for _ in range(2)]
@@ -203,11 +204,11 @@ def test_decode_attention_matches_torch(streams, heads, kv_heads, d, kv_len):
     assert cpu_kernels.attends(qkv, keys, values)
     ours = cpu_kernels.decode_attention(qkv, cos, sin, positions, keys, values, bias, heads, d**-0.5)
     expected_keys, expected_values = (c.clone() for c in caches)
-    slots = positions[:, None, :, None].expand(-1, kv_heads, -1, d)
-    step = Pass(cos, sin, bias, positions, None, (expected_keys,), (expected_values,), slots,
-                (expected_keys[:, :, :kv_len],), (expected_values[:, :, :kv_len],))
+    cache = KVCache(expected_keys[None], expected_values[None], torch.zeros(streams, kv_len + 20, dtype=torch.bool))
+    shape = SimpleNamespace(num_heads=heads, num_kv_heads=kv_heads, head_dim=d)
+    step = Pass.over(shape, cos, sin, bias, positions, cache)
     q, k, v = module._rotated(qkv, step)
-    expected = module._decode_attention(q, *step.write(0, k, v), bias)
+    expected = module._decode_attention(q, *step.write(0, k, v), step.step_bias)
     assert ours.shape == (streams, heads, 1, d)
     assert torch.allclose(ours, expected.reshape(ours.shape), atol=1e-5, rtol=1e-5)
     assert torch.equal(values, expected_values)
