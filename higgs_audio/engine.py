@@ -51,7 +51,7 @@ class Event:
     slot: int
     kind: str  # "text" | "audio" | "done"
     token: int | None = None  # kind == "text"
-    column: torch.Tensor | None = None  # kind == "audio": the raw delayed column (K,)
+    column: torch.Tensor | None = None  # kind == "audio": the raw delayed column (K,), on the CPU
     last: bool = False  # kind == "audio": this column ends its audio segment
     reason: str | None = None  # kind == "done": "stop" | "length" | "max_audio" | "no_text_head"
 
@@ -84,6 +84,10 @@ class Stream:
     prefilled: int = 0  # prompt positions already in the cache (all but the last one make it complete)
     reused: int = 0  # of which copied from the prefix cache
     decoding: bool = False  # prefilled and loaded into its slot
+    # The slot's next input, mirrored from SlotState on the host so that a step needs no sync to choose its kind
+    # and attention length: its position, and whether it is an audio column.
+    position: int = 0
+    audio_next: bool = False
     forced_audio: bool = False  # the prompt ends with <|audio_out_bos|> and its all-bos column
     segment_columns: int = 0  # columns of the current audio segment so far (for the runaway guard)
     steps_left: int = 0  # decode steps before max_new_tokens or the cache length is reached
@@ -237,17 +241,18 @@ class BatchDecoder:
         """The attention length a static step uses for ``kv_len`` positions: whole ``KV_BUCKET`` blocks."""
         return min(-(-kv_len // self.KV_BUCKET) * self.KV_BUCKET, self.max_len)
 
-    def _audio_step_all(self, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _audio_step_all(self, kv_len: int) -> torch.Tensor:
         """An all-audio decode step of every slot as device work alone, so that one CUDA graph holds it, sampling
         included: idle slots compute too, on state that ``_activate`` resets, writing the cache's unused last
-        position. Returns every slot's column and whether it ends its segment."""
+        position. Returns (max_batch, K + 1): every slot's column, then 1 where it ends its segment (one tensor,
+        so that one copy hands a step's output to the host)."""
         positions = torch.where(self.slots.active, self.slots.pos, self.max_len - 1)[:, None]
         x = self.model.embed(self.slots.next_id[:, None], self.slots.next_codes[:, None], True)
         h = self.model(x, True, positions, self.cache, kv_len=kv_len)[:, 0]
         column, finished = self._sample_audio(slice(None), h)  # views and copies: no gathers or scatters
         self.slots.pos += self.slots.active
         self.slots.counter += self.slots.active
-        return column, finished
+        return torch.cat((column, finished[:, None]), dim=1)
 
     # -- joining --------------------------------------------------------------------------------
 
@@ -326,7 +331,7 @@ class BatchDecoder:
         stream.steps_left = min(p.max_new_tokens - stream.forced_audio, self.max_len - n)
         if stream.forced_audio:
             stream.segment_columns = 1
-            self._pending.append(Event(slot, "audio", column=merged.codes[-1].to(dev)))
+            self._pending.append(Event(slot, "audio", column=merged.codes[-1]))
         # RAS looks back over every audio-out column, prompt blocks included (spec §5.3).
         out_cols = merged.codes[merged.audio_out].t().to(dev)
         hist = torch.full((k, self.HISTORY), -1, dtype=torch.long, device=dev)
@@ -335,7 +340,7 @@ class BatchDecoder:
             hist[:, self.HISTORY - last.shape[1] :] = last
         seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)))
         self.slots.load(slot, n - 1, merged.ids[-1], merged.codes[-1].to(dev), bool(merged.audio[-1]), hist, seed, p)
-        stream.decoding = True
+        stream.decoding, stream.position, stream.audio_next = True, n - 1, bool(merged.audio[-1])
 
     def release(self, slot: int) -> None:
         """Forget a stream (finished or cancelled); its slot is free for the next ``add``."""
@@ -364,25 +369,30 @@ class BatchDecoder:
             events, self._pending = self._pending, []
             return events
         hi = self.max_batch if self._graphs is not None else max(self.streams) + 1
-        active = self.slots.active[:hi]
-        is_audio = self.slots.next_audio[:hi]
-        live_audio = is_audio[active]
-        audio_sel = bool(live_audio[0]) if bool((live_audio == live_audio[0]).all()) else is_audio[:, None]
-        kv_len = int(self.slots.pos[:hi][active].max()) + 1
+        live = [s for s in self.streams.values() if s.decoding]
+        kinds = {s.audio_next for s in live}
+        audio_sel = kinds.pop() if len(kinds) == 1 else self.slots.next_audio[:hi, None]
+        kv_len = max(s.position for s in live) + 1
         if self._graphs is not None:  # a bounded number of captured shapes
             kv_len = self._bucket(kv_len)
         events, self._pending = self._pending, []
         if self._graphs is not None and audio_sel is True:
-            column, finished = self._graphs.replay(("audio", kv_len))
-            column, last = column.clone(), finished.tolist()  # the next replay overwrites the graph's outputs
-            events += self._audio_events([(slot, column[slot], last[slot]) for slot, s in self.streams.items()
-                                          if s.decoding])
+            # The step's one sync: its columns and their segment ends, copied to the host together (a copy even
+            # on the host: the next replay overwrites the graph's output).
+            out = self._graphs.replay(("audio", kv_len)).to("cpu", copy=True)
+            events += self._audio_events([(s.slot, out[s.slot, :-1], bool(out[s.slot, -1])) for s in live])
         else:
             events += self._step(hi, audio_sel, kv_len)
         done = {e.slot for e in events if e.kind == "done"}
+        for e in events:
+            if e.kind == "audio":
+                self.streams[e.slot].audio_next = not e.last
+            elif e.kind == "text":
+                self.streams[e.slot].audio_next = False
         for slot, s in self.streams.items():
             if s.prefilling:
                 continue
+            s.position += 1
             s.steps_left -= 1
             if s.steps_left <= 0 and slot not in done:
                 events.append(Event(slot, "done", reason="length"))
@@ -406,7 +416,7 @@ class BatchDecoder:
         text_rows = (active & ~is_audio & ~self.slots.init[:hi]).nonzero()[:, 0]
         if len(audio_rows):
             column, finished = self._sample_audio(audio_rows, h[audio_rows])
-            events += self._audio_events(list(zip(audio_rows.tolist(), column, finished.tolist())))
+            events += self._audio_events(list(zip(audio_rows.tolist(), column.cpu(), finished.tolist())))
         if len(init_rows):
             events += self._start_audio(init_rows)
         if len(text_rows):
@@ -475,13 +485,14 @@ class BatchDecoder:
     def _start_audio(self, rows: torch.Tensor) -> list[Event]:
         """AUDIO_INIT: the input was ``<|audio_out_bos|>``; emit the all-bos column."""
         k = self.cfg.num_codebooks
-        column = torch.full((len(rows), k), self.bos, dtype=torch.long, device=self.device)
+        column = torch.full((len(rows), k), self.bos, dtype=torch.long)
         self.slots.init[rows] = False
         self.slots.next_audio[rows] = True
-        self.slots.next_codes[rows] = column
+        self.slots.next_codes[rows] = self.bos
         self.slots.next_id[rows] = self.tokens.audio_out
         self.slots.num_delay[rows], self.slots.remaining[rows] = 0, -1
-        self.slots.history[rows] = torch.cat([self.slots.history[rows, :, 1:], column[:, :, None]], dim=-1)
+        self.slots.history[rows] = torch.cat([self.slots.history[rows, :, 1:], self.slots.next_codes[rows, :, None]],
+                                             dim=-1)
         events = []
         for i, slot in enumerate(rows.tolist()):
             self.streams[slot].segment_columns = 1

@@ -79,6 +79,7 @@ def test_graphed_step_matches_eager(tiny_original, device):
     tok = TextTokenizer(tiny_original)
     ids = tok.encode(PROMPT.replace("<|AUDIO_OUT|>", "x"))
     text_ids = ids[: -1]  # without the trailing <|audio_out_bos|>: the model writes text first
+    kinds = set()  # what the decoding streams' next inputs were
 
     def run(graphs: bool):
         decoder = BatchDecoder(model, tok, max_batch=3, max_len=300, compile=graphs and device == "cuda")
@@ -94,12 +95,19 @@ def test_graphed_step_matches_eager(tiny_original, device):
                 break
             for e in decoder.step():
                 if e.kind == "audio":
-                    columns[e.slot].append(e.column)  # kept on the device: a later step must not change it
+                    assert e.column.device.type == "cpu"  # copied once per step
+                    columns[e.slot].append(e.column)  # kept: a later step must not change it
                 elif e.kind == "text":
                     tokens.append((e.slot, e.token))
+            for slot, s in decoder.streams.items():  # the host's copy of what chooses the next step's kind and length
+                if s.decoding:
+                    on_device = int(decoder.slots.pos[slot]), bool(decoder.slots.next_audio[slot])
+                    assert (s.position, s.audio_next) == on_device, (step, slot)
+                    kinds.add(s.audio_next)
         return {k: torch.stack(v).cpu() for k, v in columns.items()}, tokens
 
     (eager, eager_tokens), (static, static_tokens) = run(False), run(True)
+    assert kinds == {True, False}
     assert len(eager_tokens) > 40 and eager_tokens == static_tokens  # text ran past the audio streams' end
     for slot in eager:
         assert torch.equal(eager[slot], static[slot])
