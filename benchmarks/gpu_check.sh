@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue #21's list), one device run of at most 9 minutes on an H100/H200:
 #   1. the CUDA tests (the CUDA-graph decode step gives the eager step's streams; bf16, int8 and int4 agree with
-#      fp32; the prefix cache feeds the captured steps), all on the fused-projection model;
+#      fp32; the prefix cache feeds the captured steps; the codec runs on its own CUDA stream), all on the
+#      fused-projection model;
 #   2. the generation benchmark from CUDA graphs for bf16, int8 and int4 at 1 and 16 streams, the transformers
 #      port in the same run: frames/s, first-audio time (first frame, same voice), peak memory;
 #   3. the per-kernel profile of one eager decode step (the kernels a graph replays), top 10 by device time;
@@ -25,7 +26,8 @@ left() { echo $((budget - SECONDS)); }
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
 torch.cuda.get_device_name())" 2>&1 | tee "$out/env.txt"
 timeout 90 python3 -m pytest -q -s -p no:cacheprovider -k cuda \
-    tests/engine/test_port_generation.py tests/engine/test_prefix_cache.py tests/model/test_quantize.py 2>&1 | tee "$out/tests.txt"
+    tests/engine/test_port_generation.py tests/engine/test_prefix_cache.py tests/model/test_quantize.py \
+    tests/codec/test_streaming.py 2>&1 | tee "$out/tests.txt"
 timeout 240 python3 benchmarks/generate.py --device cuda --compile --configs bf16,int8,int4 \
     --streams 1,16 --frames 150 --cache-dir /tmp/bench --plot "$out/generate.png" 2>&1 | tee "$out/generate.txt"
 timeout 80 python3 benchmarks/profile_step.py --device cuda --cache-dir /tmp/bench --steps 1 --top 10 \

@@ -21,8 +21,9 @@ aligned to frame boundaries. So a streamed frame is final after 10 more frames (
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -115,6 +116,20 @@ class AudioCodec:
         self.decoder_lookahead_frames: int = lookahead
         """Frames after a frame that its decoded samples depend on: a streamed frame is final only once this
         many later frames have arrived (or the stream is flushed)."""
+        # On a GPU the codec's kernels queue on a CUDA stream of their own: a server's streaming decode (worker
+        # threads) then runs beside the model's decode steps, which queue on the default stream, instead of
+        # between them. Each call ends by copying its result to the host, which waits for its stream's work.
+        self._cuda_stream = None
+        if device.type == "cuda":
+            self._cuda_stream = torch.cuda.Stream(device)
+            self._cuda_stream.wait_stream(torch.cuda.current_stream(device))  # the weights' copies to the GPU
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Inference mode, on the codec's CUDA stream where it has one (see ``__init__``): every copy to the
+        device, kernel and copy back of a codec call runs inside."""
+        with torch.inference_mode(), torch.cuda.stream(self._cuda_stream):
+            yield
 
     @classmethod
     def from_pretrained(
@@ -199,7 +214,7 @@ class AudioCodec:
         for p, (_, w) in enumerate(pieces):
             by_length.setdefault(w.shape[-1], []).append(p)
         out: list[torch.Tensor] = [torch.empty(0)] * len(pieces)
-        with torch.inference_mode():
+        with self.running():
             for indices in by_length.values():
                 for start in range(0, len(indices), max_batch):
                     group = indices[start : start + max_batch]
@@ -243,12 +258,9 @@ class AudioCodec:
         if batch.shape[-1] == 0:
             wave = np.zeros((batch.shape[0], 0), dtype=np.float32)
         else:
-            wave = self._decode(batch.to(self.device))
+            with self.running():
+                wave = self.model.decode(batch.to(self.device)).float().cpu().numpy()
         return wave if codes.dim() == 3 else wave[0]
-
-    def _decode(self, codes: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model.decode(codes).float().cpu().numpy()
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
@@ -268,7 +280,8 @@ class StreamDecoder:
         self._reset()
 
     def _reset(self) -> None:
-        self._state = streaming_decoder(self.codec.model.acoustic_decoder)
+        with self.codec.running():
+            self._state = streaming_decoder(self.codec.model.acoustic_decoder)
         self._held = np.zeros(0, dtype=np.float32)  # final samples short of a whole frame
 
     def push(self, codes: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -281,6 +294,8 @@ class StreamDecoder:
         states can step as one batch (past their first chunk, fed chunks of one length) are decoded in one
         pass of the layers, the others one by one; each gets what its own ``push`` would return (up to float
         rounding: batched convolutions may sum in another order)."""
+        if not decoders:
+            return []
         if len({d.codec for d in decoders}) > 1:
             raise ValueError("push_many takes stream decoders of one codec")
         chunks = [d.codec._check_codes(c) for d, c in zip(decoders, codes, strict=True)]
@@ -292,9 +307,9 @@ class StreamDecoder:
                 key = batch_key(d._state)
                 groups.setdefault((i,) if key is None else (c.shape[1], key), []).append(i)
         out = [np.zeros(0, dtype=np.float32)] * len(decoders)
-        with torch.inference_mode():
+        codec = decoders[0].codec
+        with codec.running():
             for members in groups.values():
-                codec = decoders[members[0]].codec
                 latent = codec.model.latent(torch.stack([chunks[i] for i in members]).to(codec.device))
                 states = [decoders[i]._state for i in members]
                 samples = step_together(states, latent) if len(states) > 1 else states[0].step(latent)
@@ -311,8 +326,9 @@ class StreamDecoder:
 
     def flush(self) -> np.ndarray:
         """Return the remaining samples (the stream has ended) and reset for a new stream."""
-        with torch.inference_mode():
+        with self.codec.running():
             rest = self._state.flush()
-        out = self._held if rest is None else np.concatenate([self._held, rest[0, 0].float().cpu().numpy()])
+            rest = None if rest is None else rest[0, 0].float().cpu().numpy()
+        out = self._held if rest is None else np.concatenate([self._held, rest])
         self._reset()
         return out

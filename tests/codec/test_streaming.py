@@ -111,3 +111,24 @@ def test_streams_pushed_together_decode_as_alone_in_one_batch(tiny_codec, monkey
         one_shot = tiny_codec.decode(codes)
         assert streamed.shape == one_shot.shape
         assert np.abs(streamed - one_shot).max() <= 1e-4 * np.abs(one_shot).max(), i
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_codec_queues_on_its_own_stream(tiny_codec_dirs, tiny_codec, codes, monkeypatch):
+    """On a GPU the codec's kernels queue on a CUDA stream of its own, so a server's streaming decode runs beside
+    the model's steps on the default stream; its results wait for its own work only, and equal the CPU's."""
+    from higgs_audio.codec import AudioCodec
+
+    codec = AudioCodec.from_pretrained(tiny_codec_dirs[0], device="cuda")
+    streams = []
+    latent = codec.model.latent
+    monkeypatch.setattr(codec.model, "latent", lambda c: streams.append(torch.cuda.current_stream()) or latent(c))
+    busy = torch.randn(2048, 2048, device="cuda")
+    for _ in range(50):  # the default stream has work queued while the codec runs
+        busy = (busy @ busy).tanh()
+    streamed = np.concatenate(_stream(codec, codes, [10] * 5 + [3]))
+    whole = codec.decode(codes)
+    assert streams and all(s == codec._cuda_stream != torch.cuda.default_stream() for s in streams)
+    expected = tiny_codec.decode(codes)
+    for wave in (streamed, whole):
+        assert np.abs(wave - expected).max() <= 1e-3 * np.abs(expected).max()
