@@ -31,7 +31,9 @@ class CapturedSteps:
             fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # Text and mixed steps are captured when first met, while a server's codec may be decoding in worker
+        # threads on its own stream: only this thread's calls must not break the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = fn()
         self._graphs[key] = (graph, out)
 
