@@ -384,11 +384,6 @@ class BatchDecoder:
         else:
             events += self._step(hi, audio_sel, kv_len)
         done = {e.slot for e in events if e.kind == "done"}
-        for e in events:
-            if e.kind == "audio":
-                self.streams[e.slot].audio_next = not e.last
-            elif e.kind == "text":
-                self.streams[e.slot].audio_next = False
         for slot, s in self.streams.items():
             if s.prefilling:
                 continue
@@ -468,6 +463,7 @@ class BatchDecoder:
         for slot, column, last in columns:
             s = self.streams[slot]
             s.segment_columns += 1
+            s.audio_next = not last  # as _sample_audio's next_audio
             events.append(Event(slot, "audio", column=column, last=last))
             if last:
                 s.text_ids.append(self.tokens.audio_eos)
@@ -495,7 +491,7 @@ class BatchDecoder:
                                              dim=-1)
         events = []
         for i, slot in enumerate(rows.tolist()):
-            self.streams[slot].segment_columns = 1
+            self.streams[slot].segment_columns, self.streams[slot].audio_next = 1, True
             events.append(Event(slot, "audio", column=column[i]))
         return events
 

@@ -158,9 +158,13 @@ class Pass:
 
     @staticmethod
     def over(cfg: ModelConfig, cos, sin, bias, positions: torch.Tensor, cache: KVCache | None) -> Pass:
-        qk_heads, kv_heads = cfg.num_heads + cfg.num_kv_heads, cfg.num_kv_heads
-        rope_cos = torch.cat((cos.expand(-1, qk_heads, -1, -1), torch.ones_like(cos).expand(-1, kv_heads, -1, -1)), 1)
-        rope_sin = torch.cat((sin.expand(-1, qk_heads, -1, -1), torch.zeros_like(sin).expand(-1, kv_heads, -1, -1)), 1)
+        kv_heads = cfg.num_kv_heads
+
+        def every_head(table: torch.Tensor, identity: float) -> torch.Tensor:
+            queries_keys = table.expand(-1, cfg.num_heads + kv_heads, -1, -1)
+            return torch.cat((queries_keys, torch.full_like(table, identity).expand(-1, kv_heads, -1, -1)), dim=1)
+
+        rope_cos, rope_sin = every_head(cos, 1.0), every_head(sin, 0.0)
         if cache is None:
             return Pass(cos, sin, rope_cos, rope_sin, bias, positions)
         slots = positions[:, None, :, None].expand(-1, kv_heads, -1, cfg.head_dim)
