@@ -33,7 +33,8 @@ class ChunkedAudio:
     def take(self, frames: list[torch.Tensor], end: bool = False) -> torch.Tensor | None:
         """Add new frames (``end``: the stream has ended); return the codes (K, n) to decode now, or None."""
         self._waiting += frames
-        if not self._waiting or not (not self._heard or len(self._waiting) >= self.chunk_frames or end):
+        due = not self._heard or len(self._waiting) >= self.chunk_frames or end
+        if not self._waiting or not due:
             return None
         codes, self._waiting = torch.stack(self._waiting, dim=1), []
         return codes

@@ -69,8 +69,8 @@ class Runner:
                 if frame is not None:
                     if s.t_first is None:
                         s.t_first = time.perf_counter()
-                    s.frames.append(frame.cpu())
-                    update.frames.append(s.frames[-1])
+                    s.frames.append(frame)  # events carry CPU columns
+                    update.frames.append(frame)
             elif event.kind == "done":  # the decoder has freed its slot
                 del self.live[event.slot]
                 s.reason, s.t_end, update.ended = event.reason, time.perf_counter(), True
